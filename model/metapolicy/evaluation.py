@@ -1,0 +1,107 @@
+"""Paired evaluation, normalised score and measured retention.
+
+Every agent is run on the same episode seeds (common random numbers), so differences between
+agents are not noise in the task stream. The normalised score puts a policy between uniform
+random (0) and the best heuristic on that cluster (1); above 1 it beats every heuristic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from metapolicy.baselines import HEURISTICS, Agent, make_random
+from metapolicy.cluster import NodeProfile
+from metapolicy.sim import PlacementSim
+from metapolicy.workload import WorkloadSpec
+
+
+def episode_returns(
+    agent: Agent,
+    nodes: Sequence[NodeProfile],
+    workload: WorkloadSpec | None,
+    seeds: Sequence[int],
+) -> np.ndarray:
+    """Undiscounted return of one episode per seed, all episodes stepped as one batch."""
+    sim = PlacementSim(nodes, workload, batch=len(seeds))
+    obs = sim.reset(list(seeds))
+    total = np.zeros(len(seeds))
+    done = False
+    while not done:
+        obs, reward, done, _ = sim.step(agent(sim, obs))
+        total += reward
+    return total
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Random and heuristic returns on one cluster: the scale of the normalised score."""
+
+    random: np.ndarray
+    heuristics: Mapping[str, np.ndarray]
+
+    @property
+    def best(self) -> str:
+        return max(self.heuristics, key=lambda name: self.heuristics[name].mean())
+
+    def score(self, returns: np.ndarray, index: np.ndarray | None = None) -> float:
+        """S = (R - R_random) / (R_best - R_random) on mean returns (over `index` if given)."""
+        pick = slice(None) if index is None else index
+        low = self.random[pick].mean()
+        high = max(r[pick].mean() for r in self.heuristics.values())
+        return float((returns[pick].mean() - low) / max(high - low, 1e-9))
+
+
+def reference(
+    nodes: Sequence[NodeProfile], workload: WorkloadSpec | None, seeds: Sequence[int]
+) -> Reference:
+    return Reference(
+        random=episode_returns(make_random(seeds[0]), nodes, workload, seeds),
+        heuristics={
+            name: episode_returns(agent, nodes, workload, seeds)
+            for name, agent in HEURISTICS.items()
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Retention:
+    value: float
+    low: float  # bootstrap confidence interval
+    high: float
+
+
+def retention(
+    candidate_new: np.ndarray,
+    reference_new: Reference,
+    backup_old: np.ndarray,
+    reference_old: Reference,
+    samples: int = 1000,
+    confidence: float = 0.9,
+    seed: int = 0,
+) -> Retention:
+    """S(candidate, new cluster) / S(backup, old cluster) with a paired bootstrap over seeds.
+
+    Both evaluations use the same seed list, so a resample draws the same seeds for both.
+    """
+    point = _ratio(candidate_new, reference_new, backup_old, reference_old, None)
+    rng = np.random.default_rng(seed)
+    n = len(candidate_new)
+    draws = [
+        _ratio(candidate_new, reference_new, backup_old, reference_old, rng.integers(0, n, n))
+        for _ in range(samples)
+    ]
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return Retention(point, float(low), float(high))
+
+
+def _ratio(cand, ref_new, backup, ref_old, index) -> float:
+    return ref_new.score(cand, index) / max(ref_old.score(backup, index), 1e-9)
+
+
+def evaluation_seeds(episodes: int, base: int = 10_000) -> list[int]:
+    """Fixed evaluation seeds, disjoint from training seeds (which are small integers)."""
+    return [base + i for i in range(episodes)]
