@@ -1,0 +1,43 @@
+"""Policy <-> stored checkpoint. The manifest records the ordered node names and profiles so a
+loaded policy knows which slot is which node, and what cluster it was scored on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from metapolicy.cluster import NodeProfile
+from metapolicy.policy import ARCHITECTURES, SlotPolicy
+from metapolicy.store import Checkpoint, CorruptCheckpointError
+
+SCHEMA = 1
+
+
+def policy_to_checkpoint(policy: SlotPolicy, **meta: Any) -> Checkpoint:
+    """`meta` adds what the caller knows: strategy, scores, workload, trigger, parent version."""
+    return Checkpoint(
+        tensors={k: v.detach().clone() for k, v in policy.state_dict().items()},
+        meta={
+            "schema": SCHEMA,
+            **policy.config(),
+            "slots": policy.size,
+            "node_names": policy.slot_names,
+            "nodes": [n.to_dict() for n in policy.nodes],
+            **meta,
+        },
+    )
+
+
+def policy_from_checkpoint(checkpoint: Checkpoint) -> SlotPolicy:
+    meta = checkpoint.meta
+    try:
+        cls = ARCHITECTURES[meta["architecture"]]
+        nodes = [NodeProfile.from_dict(n) for n in meta["nodes"]]
+        if [n.name for n in nodes] != meta["node_names"]:
+            raise ValueError("node_names disagree with nodes")
+        policy = cls(nodes, int(meta["hidden"]))
+        policy.load_state_dict({k: torch.as_tensor(v) for k, v in checkpoint.tensors.items()})
+    except (KeyError, ValueError, RuntimeError, TypeError) as error:
+        raise CorruptCheckpointError(f"cannot rebuild the policy: {error}") from error
+    return policy
