@@ -26,7 +26,7 @@ REWARD_SCALE = 100.0  # reward = -cost_ms / REWARD_SCALE keeps PPO's value targe
 FREEING_HORIZON_S = 5.0
 CPU_REF, MEMORY_REF, LATENCY_REF = 16.0, 65536.0, 20.0
 
-NODE_FEATURES = 14
+NODE_FEATURES = 15
 COST_FEATURE = 8  # index of the immediate placement cost among the node features
 TASK_FEATURES = 9
 
@@ -201,6 +201,14 @@ class PlacementSim:
         fits &= self.available
         cpu, memory, duration = self.current_task()
         soon = (self.held_cpu * (self.end <= self.now[:, None, None] + FREEING_HORIZON_S)).sum(-1)
+        capacity = self.cpu[self.available].sum()
+        # The two largest free blocks tell whether a big task could still land somewhere ...
+        free = np.where(self.available, self.cpu - self.used_cpu, 0.0)
+        largest = np.sort(np.pad(free, ((0, 0), (1, 0))), axis=-1)[:, ::-1][:, :2]
+        # ... and, per node, what the largest block would be if this task went there: the one
+        # number a reservation rule needs ("do not fill the last home of a big task").
+        others = np.where(free >= largest[:, :1], largest[:, 1:], largest[:, :1])
+        largest_if_here = np.maximum(others, free - cpu[:, None])
         static = np.broadcast_to(self._static, (self.batch, self.size, 3))
         nodes = np.concatenate(
             [
@@ -218,6 +226,7 @@ class PlacementSim:
                         np.broadcast_to(self._relative_size, (self.batch, self.size)),
                         (self.cpu - self.used_cpu - cpu[:, None]) / CPU_REF,
                         (self.memory - self.used_memory - memory[:, None]) / MEMORY_REF,
+                        largest_if_here / CPU_REF,
                     ],
                     axis=-1,
                 ),
@@ -225,12 +234,6 @@ class PlacementSim:
             axis=-1,
         )
         nodes = np.where(self.available[None, :, None], nodes, 0.0).astype(np.float32)
-        capacity = self.cpu[self.available].sum()
-        # The two largest free blocks tell whether a big task could still land somewhere.
-        free = np.where(self.available, self.cpu - self.used_cpu, 0.0)
-        largest = (
-            -np.sort(-free, axis=-1)[:, :2] if self.size > 1 else np.pad(free, ((0, 0), (0, 1)))
-        )
         task = np.stack(
             [
                 cpu / CPU_REF,

@@ -1,0 +1,202 @@
+"""`metapolicy` command line: train, adapt, inspect and list strategies against a checkpoint
+directory, and run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+from metapolicy.adapt import AdaptationSettings, adapt
+from metapolicy.checkpoint import policy_from_checkpoint, policy_to_checkpoint
+from metapolicy.cluster import NodeProfile, make_cluster, resize_cluster
+from metapolicy.ppo import FREEZE_MODES
+from metapolicy.store import FilesystemStore
+from metapolicy.strategies import ESCALATION, STRATEGIES, choose_strategy
+from metapolicy.timeline import render
+from metapolicy.training import TrainingSettings, train_initial
+
+
+def progress(label: str):
+    """A one-line progress display on stderr (a line per 10% when not a terminal)."""
+    start, shown = time.perf_counter(), [-1]
+
+    def update(stage: str, fraction: float) -> None:
+        elapsed = time.perf_counter() - start
+        if sys.stderr.isatty():
+            bar = "#" * int(fraction * 30)
+            sys.stderr.write(f"\r  {label}: {stage:<10} [{bar:<30}] {elapsed:5.1f}s")
+            if fraction >= 1:
+                sys.stderr.write("\n")
+        elif int(fraction * 10) > shown[0]:
+            shown[0] = int(fraction * 10)
+            sys.stderr.write(f"  {label}: {stage} {fraction:4.0%} ({elapsed:.1f}s)\n")
+        sys.stderr.flush()
+
+    return update
+
+
+def load_nodes(args: argparse.Namespace) -> list[NodeProfile]:
+    if args.nodes_file:
+        data = yaml.safe_load(Path(args.nodes_file).read_text())
+        return [NodeProfile.from_dict(item) for item in data]
+    return make_cluster(args.nodes, seed=args.cluster_seed)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    nodes = load_nodes(args)
+    settings = TrainingSettings(
+        architecture=args.architecture, hidden=args.hidden, steps=args.steps, seed=args.seed
+    )
+    bar = progress("train")
+    result = train_initial(nodes, settings, lambda f: bar("ppo", f))
+    store = FilesystemStore(args.store)
+    version = store.save(
+        policy_to_checkpoint(
+            result.policy, strategy="initial", score=result.score, steps=result.steps
+        )
+    )
+    store.set_active(version)
+    print(
+        f"trained {args.architecture} on {len(nodes)} nodes in {result.seconds:.1f}s: "
+        f"S={result.score:.3f} (best heuristic: {result.best_heuristic}); version {version}"
+    )
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    store = FilesystemStore(args.store)
+    loaded = store.load_active()
+    if loaded is None:
+        print(f"no valid checkpoint in {args.store}; run `metapolicy train` first", file=sys.stderr)
+        return 2
+    version, checkpoint = loaded
+    backup = policy_from_checkpoint(checkpoint)
+    if args.nodes_file:
+        new_nodes = load_nodes(args)
+    elif args.remove:
+        new_nodes = resize_cluster(backup.nodes, -len(args.remove), remove=args.remove)
+    else:
+        new_nodes = resize_cluster(backup.nodes, args.add, seed=args.cluster_seed)
+    settings = AdaptationSettings(
+        strategy=args.strategy,
+        budget_steps=args.budget,
+        freeze=args.freeze,
+        episodes=args.episodes,
+        min_retention=args.min_retention,
+        max_nodes=args.max_nodes,
+        seed=args.seed,
+    )
+    result = adapt(backup, new_nodes, settings, on_progress=progress("adapt"))
+    record = result.to_dict()
+    new_version = store.save(
+        policy_to_checkpoint(result.candidate, parent=version, adaptation=record)
+    )
+    if result.promoted:
+        store.set_active(new_version)
+    print(render([record | {"event": "adapt"}]))
+    print(f"candidate stored as version {new_version}; active version {store.active()}")
+    return 0 if result.promoted else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    store = FilesystemStore(args.store)
+    active = store.active()
+    for version in store.versions():
+        try:
+            manifest = store.manifest(version)
+        except Exception as error:  # a corrupt version is reported, not fatal
+            print(f"v{version}  CORRUPT: {error}")
+            continue
+        meta = manifest["meta"]
+        marker = "*" if version == active else " "
+        outcome = meta.get("adaptation", {}).get("outcome", meta.get("strategy", ""))
+        print(
+            f"{marker}v{version}  {manifest['created']}  {meta['architecture']:<9} "
+            f"slots={meta['slots']:<3} {outcome:<12} nodes={','.join(meta['node_names'])}"
+        )
+    if args.json and active is not None:
+        print(json.dumps(store.manifest(active), indent=2))
+    return 0
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    print("strategies:", ", ".join(STRATEGIES))
+    print("escalation after a rollback:", " -> ".join(ESCALATION))
+    print("auto: 1-2 changed slots zero_padding, 3-5 weight_interpolation,")
+    print("      6-10 knowledge_distillation, more than 10 attention_based")
+    if args.old is not None and args.new is not None:
+        old = [f"n{i}" for i in range(args.old)]
+        new = [f"n{i}" for i in range(args.new)]
+        print(f"{args.old} -> {args.new} nodes: {choose_strategy(old, new)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from metapolicy.demo import run_offline_demo
+
+    return run_offline_demo(fast=args.fast)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metapolicy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def cluster_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--nodes", type=int, default=8, help="generated cluster size")
+        p.add_argument("--nodes-file", help="YAML list of {name, cpu, memory_mib, latency_ms}")
+        p.add_argument("--cluster-seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="train a fresh policy and store it as the active version")
+    cluster_args(p)
+    p.add_argument("--store", required=True, help="checkpoint directory")
+    p.add_argument("--architecture", choices=["node-set", "slot-mlp"], default="node-set")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--steps", type=int, default=300_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("adapt", help="adapt the active policy to a changed node set")
+    cluster_args(p)
+    p.add_argument("--store", required=True)
+    p.add_argument("--add", type=int, default=0, help="add this many generated nodes")
+    p.add_argument("--remove", nargs="*", default=[], help="remove these nodes by name")
+    p.add_argument("--strategy", choices=["auto", *STRATEGIES], default="auto")
+    p.add_argument("--budget", type=int, default=50_000, help="fine-tune environment steps")
+    p.add_argument("--freeze", choices=FREEZE_MODES, default="gradual")
+    p.add_argument("--episodes", type=int, default=16)
+    p.add_argument("--min-retention", type=float, default=0.9)
+    p.add_argument("--max-nodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("inspect", help="list stored versions (* = active)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--json", action="store_true", help="also print the active manifest")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("strategies", help="list resize strategies and the auto table")
+    p.add_argument("--old", type=int)
+    p.add_argument("--new", type=int)
+    p.set_defaults(func=cmd_strategies)
+
+    p = sub.add_parser("demo", help="the scaling demo (offline pipeline)")
+    p.add_argument("--fast", action="store_true", help="tiny budgets, for a smoke run")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    torch.set_num_threads(1)  # small networks: one thread is ~10x faster than two
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
