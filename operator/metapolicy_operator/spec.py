@@ -1,0 +1,191 @@
+"""MetaPolicy spec -> library settings, with the CRD's defaults and clear errors.
+
+A real API server applies the CRD's defaults and validation before the operator sees an
+object; the emulator does neither, and an old object may predate a schema change. So the
+operator applies the same defaults (a test keeps them equal to the CRD's) and re-checks what it
+relies on, naming the offending field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from metapolicy.adapt import AdaptationSettings
+from metapolicy.policy import ARCHITECTURES
+from metapolicy.ppo import FREEZE_MODES
+from metapolicy.strategies import STRATEGIES
+from metapolicy.training import TrainingSettings
+from metapolicy.workload import InvalidWorkload, TaskClass, WorkloadSpec
+
+DEFAULTS: dict[str, Any] = {
+    "maxNodes": 20,
+    "hiddenSize": 64,
+    "architecture": "node-set",
+    "strategy": "auto",
+    "adaptation": {
+        "settleSeconds": 10,
+        "budgetSteps": 50_000,
+        "freeze": "gradual",
+        "maxAttempts": 3,
+        "backoffSeconds": 30,
+    },
+    "validation": {"episodes": 16, "minRetention": 0.9, "rollback": {"enabled": True}},
+    "workload": {
+        "load": 0.6,
+        "burstFactor": 3.0,
+        "burstProbability": 0.02,
+        "burstLength": 20,
+        "episodeTasks": 256,
+    },
+    "training": {"budgetSteps": 300_000, "seed": 0},
+    "storage": {"backend": "configmap", "keepVersions": 5},
+}
+
+
+class InvalidSpec(ValueError):
+    """The spec cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    selector: Mapping | None
+    max_nodes: int
+    architecture: str
+    training: TrainingSettings
+    adaptation: AdaptationSettings
+    settle_seconds: float
+    max_attempts: int
+    backoff_seconds: float
+    storage_backend: str
+    storage_path: str | None
+    keep_versions: int
+
+
+def with_defaults(spec: Mapping | None, defaults: Mapping = DEFAULTS) -> dict:
+    """Defaults fill absent fields of objects that exist, recursively (API-server semantics)."""
+    merged = dict(spec or {})
+    for key, default in defaults.items():
+        if isinstance(default, Mapping):
+            value = merged.get(key)
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise InvalidSpec(f"spec.{key} must be an object, got {value!r}")
+            merged[key] = with_defaults(value, default)
+        elif merged.get(key) is None:
+            merged[key] = default
+    return merged
+
+
+def _number(spec: Mapping, path: str, low: float, high: float, integer: bool = False) -> Any:
+    value: Any = spec
+    for part in path.split("."):
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidSpec(f"spec.{path}={value!r} is not a number")
+    if integer and value != int(value):
+        raise InvalidSpec(f"spec.{path}={value!r} must be a whole number")
+    if not low <= value <= high:
+        raise InvalidSpec(f"spec.{path}={value!r} is outside [{low}, {high}]")
+    return int(value) if integer else float(value)
+
+
+def _choice(spec: Mapping, path: str, options) -> str:
+    value: Any = spec
+    for part in path.split("."):
+        value = value[part]
+    if value not in options:
+        raise InvalidSpec(f"spec.{path}={value!r} is not one of {', '.join(options)}")
+    return value
+
+
+def _task_classes(items) -> tuple[TaskClass, ...] | None:
+    if not items:
+        return None
+    classes = []
+    for i, item in enumerate(items):
+        try:
+            classes.append(
+                TaskClass(
+                    name=item["name"],
+                    weight=float(item["weight"]),
+                    cpu=_range(item.get("cpu"), (0.25, 1.0)),
+                    memory_mib=_range(item.get("memoryMiB"), (256.0, 2048.0)),
+                    duration=_range(item.get("durationSeconds"), (2.0, 10.0)),
+                )
+            )
+        except (KeyError, TypeError, ValueError, InvalidWorkload) as error:
+            raise InvalidSpec(f"spec.workload.taskClasses[{i}]: {error}") from error
+    return tuple(classes)
+
+
+def _range(value: Mapping | None, default: tuple[float, float]) -> tuple[float, float]:
+    return default if value is None else (float(value["min"]), float(value["max"]))
+
+
+def parse_spec(raw: Mapping | None) -> PolicySpec:
+    """Validate and translate; raises InvalidSpec naming the first bad field."""
+    spec = with_defaults(raw)
+    architecture = _choice(spec, "architecture", tuple(ARCHITECTURES))
+    strategy = _choice(spec, "strategy", ("auto", *STRATEGIES))
+    validation = spec["validation"]
+    freeze = _choice(spec, "adaptation.freeze", FREEZE_MODES)
+    max_nodes = _number(spec, "maxNodes", 1, 256, integer=True)
+    hidden = _number(spec, "hiddenSize", 8, 1024, integer=True)
+    w = spec["workload"]
+    try:
+        workload = WorkloadSpec(
+            load=_number(spec, "workload.load", 0.05, 3),
+            burst_factor=_number(spec, "workload.burstFactor", 1, 20),
+            burst_probability=_number(spec, "workload.burstProbability", 0, 1),
+            burst_length=_number(spec, "workload.burstLength", 1, 10_000, integer=True),
+            episode_tasks=_number(spec, "workload.episodeTasks", 16, 100_000, integer=True),
+            **({"task_classes": c} if (c := _task_classes(w.get("taskClasses"))) else {}),
+        )
+    except InvalidWorkload as error:
+        raise InvalidSpec(f"spec.workload: {error}") from error
+    seed = _number(spec, "training.seed", 0, 2**32 - 1, integer=True)
+    storage = spec["storage"]
+    backend = _choice(spec, "storage.backend", ("configmap", "filesystem"))
+    path = storage.get("path")
+    if backend == "filesystem" and not path:
+        raise InvalidSpec("spec.storage.path is required when spec.storage.backend is filesystem")
+    if backend == "configmap" and path:
+        raise InvalidSpec("spec.storage.path is only allowed with spec.storage.backend filesystem")
+    selector = spec.get("nodeSelector")
+    if selector is not None and not isinstance(selector, Mapping):
+        raise InvalidSpec(f"spec.nodeSelector must be a label selector, got {selector!r}")
+    return PolicySpec(
+        selector=selector,
+        max_nodes=max_nodes,
+        architecture=architecture,
+        training=TrainingSettings(
+            architecture=architecture,
+            hidden=hidden,
+            steps=_number(spec, "training.budgetSteps", 1_000, 100_000_000, integer=True),
+            seed=seed,
+            episodes=_number(spec, "validation.episodes", 2, 1_000, integer=True),
+            max_nodes=max_nodes,
+            workload=workload,
+        ),
+        adaptation=AdaptationSettings(
+            strategy=strategy,
+            budget_steps=_number(spec, "adaptation.budgetSteps", 0, 10_000_000, integer=True),
+            freeze=freeze,
+            episodes=_number(spec, "validation.episodes", 2, 1_000, integer=True),
+            min_retention=_number(spec, "validation.minRetention", 0, 2),
+            rollback=bool(validation["rollback"]["enabled"]),
+            max_nodes=max_nodes,
+            seed=seed,
+            workload=workload,
+        ),
+        settle_seconds=_number(spec, "adaptation.settleSeconds", 0, 3_600),
+        max_attempts=_number(spec, "adaptation.maxAttempts", 1, 10, integer=True),
+        backoff_seconds=_number(spec, "adaptation.backoffSeconds", 0, 86_400),
+        storage_backend=backend,
+        storage_path=path,
+        keep_versions=_number(spec, "storage.keepVersions", 1, 100, integer=True),
+    )

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metapolicy_operator.spec import DEFAULTS, InvalidSpec, parse_spec, with_defaults
+
+ROOT = Path(__file__).resolve().parents[2]
+INVERTED_CPU_RANGE = {"name": "a", "weight": 1, "cpu": {"min": 2, "max": 1}}
+
+
+def crd_defaults(schema: dict) -> dict:
+    """Leaf defaults of the CRD's spec schema, as a tree shaped like DEFAULTS."""
+    found = {}
+    for name, prop in schema.get("properties", {}).items():
+        if prop.get("type") == "object" and "properties" in prop:
+            nested = crd_defaults(prop)
+            if nested:
+                found[name] = nested
+        elif "default" in prop:
+            found[name] = prop["default"]
+    return found
+
+
+def test_code_defaults_equal_the_crd_defaults():
+    crd = yaml.safe_load((ROOT / "crds/metapolicy.yaml").read_text())
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert crd_defaults(spec_schema) == DEFAULTS
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "manifests/examples").glob("*.yaml")))
+def test_examples_parse(path):
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == "MetaPolicy":
+            parsed = parse_spec(doc.get("spec"))
+            assert parsed.max_nodes >= 1
+
+
+def test_empty_spec_gets_every_default():
+    parsed = parse_spec({})
+    assert parsed.architecture == "node-set" and parsed.max_nodes == 20
+    assert parsed.adaptation.budget_steps == 50_000 and parsed.adaptation.min_retention == 0.9
+    assert parsed.training.steps == 300_000 and parsed.settle_seconds == 10
+    assert parsed.storage_backend == "configmap" and parsed.storage_path is None
+
+
+def test_defaults_fill_only_absent_fields():
+    merged = with_defaults({"adaptation": {"budgetSteps": 7}, "maxNodes": 3})
+    assert merged["adaptation"]["budgetSteps"] == 7
+    assert merged["adaptation"]["settleSeconds"] == 10
+    assert merged["maxNodes"] == 3
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"maxNodes": 0}, r"spec.maxNodes=0 is outside"),
+        ({"maxNodes": "ten"}, r"spec.maxNodes='ten' is not a number"),
+        ({"hiddenSize": 64.5}, r"spec.hiddenSize=64.5 must be a whole number"),
+        ({"architecture": "transformer"}, r"spec.architecture='transformer' is not one of"),
+        ({"strategy": "magic"}, r"spec.strategy='magic' is not one of"),
+        ({"adaptation": {"freeze": "all"}}, r"spec.adaptation.freeze='all' is not one of"),
+        ({"validation": {"minRetention": float("nan")}}, r"minRetention=nan is not a number"),
+        ({"workload": {"load": 5}}, r"spec.workload.load=5 is outside"),
+        ({"workload": []}, r"spec.workload must be an object"),
+        ({"storage": {"backend": "filesystem"}}, r"spec.storage.path is required"),
+        ({"storage": {"path": "/x"}}, r"only allowed with spec.storage.backend filesystem"),
+        (
+            {
+                "workload": {
+                    "taskClasses": [{"name": "a", "weight": 1, "cpu": {"min": 2, "max": 1}}]
+                }
+            },
+            r"taskClasses\[0\]: a.cpu range",
+        ),
+        ({"nodeSelector": "zone=a"}, r"spec.nodeSelector must be a label selector"),
+    ],
+)
+def test_bad_specs_name_the_field(spec, message):
+    with pytest.raises(InvalidSpec, match=message):
+        parse_spec(spec)
