@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
 from metapolicy.cluster import NodeProfile, check_unique
 from metapolicy.distill import DistillSettings, distill
@@ -131,6 +132,13 @@ def decide(v: Validation, min_retention: float, rollback: bool, seed: int = 0):
             "validation failed but rollback is disabled: " + "; ".join(problems),
         )
     return kept, cand, v.reference_old.score(v.backup_old), masked, outcome, reason
+
+
+def rollback_drill(candidate: SlotPolicy) -> None:
+    """A `perturb` for rollback drills: the candidate now prefers the most expensive node, a
+    regression that validation must catch and roll back."""
+    with torch.no_grad():
+        candidate.cost_weight.fill_(100.0)
 
 
 def adapt(

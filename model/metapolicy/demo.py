@@ -11,20 +11,12 @@ import sys
 import tempfile
 import time
 
-import torch
-
-from metapolicy.adapt import AdaptationSettings, adapt
+from metapolicy.adapt import AdaptationSettings, adapt, rollback_drill
 from metapolicy.checkpoint import policy_to_checkpoint
 from metapolicy.cluster import make_cluster, resize_cluster
 from metapolicy.store import FilesystemStore
 from metapolicy.timeline import render
 from metapolicy.training import TrainingSettings, train_initial
-
-
-def sabotage(candidate) -> None:
-    """Rollback drill: make the candidate prefer the most expensive node."""
-    with torch.no_grad():
-        candidate.cost_weight.fill_(100.0)
 
 
 def run_offline_demo(fast: bool = False) -> int:
@@ -58,7 +50,7 @@ def run_offline_demo(fast: bool = False) -> int:
         ("scale up", lambda ns: resize_cluster(ns, 2, seed=1), None),
         ("scale up", lambda ns: resize_cluster(ns, 6, seed=2), None),
         ("scale down", lambda ns: [n for n in ns if n.name not in _middle(ns, 10)], None),
-        ("drill", lambda ns: resize_cluster(ns, 1, seed=3), sabotage),
+        ("drill", lambda ns: resize_cluster(ns, 1, seed=3), rollback_drill),
     ]
     failed = False
     for event, change, perturb in steps:

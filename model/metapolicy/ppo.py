@@ -27,24 +27,32 @@ class PPOSettings:
     """Defaults are for initial training; `fine_tune()` gives the preset used after a resize."""
 
     steps: int = 300_000  # environment steps (placements) in total
-    envs: int = 32
-    rollout: int = 128  # steps per env between updates
-    epochs: int = 4
-    minibatches: int = 8
-    learning_rate: float = 3e-4
-    gamma: float = 0.995  # big-task rejections land tens of placements after the decision
-    gae_lambda: float = 0.97
+    envs: int = 16
+    rollout: int = 128  # steps per env between updates (GAE mode; groups use whole episodes)
+    epochs: int = 6
+    minibatches: int = 16
+    learning_rate: float = 1e-3
+    gamma: float = 0.99  # big-task rejections land tens of placements after the decision
+    gae_lambda: float = 0.95
     clip: float = 0.2
-    entropy_coef: float = 0.003
+    entropy_coef: float = 0.0  # the cost prior already spreads early choices among near-equal nodes
     value_coef: float = 0.5
     max_grad_norm: float = 0.5
     freeze: Freeze = "none"
     seed: int = 0
+    # 0: GAE with the value head. k >= 2: envs in groups of k share one task stream and a
+    # step's advantage is its discounted return minus the mean of the other k-1 envs' returns
+    # from the same step (a leave-one-out baseline, as in RLOO/GRPO). The shared stream cancels
+    # the noise of *when* big tasks arrive, which drowns the signal of reserving room for them.
+    # Measured on the hardest 8-node cluster (seed 1, 300k steps): S 1.01-1.03 with GAE, 1.06
+    # with groups of 4.
+    group: int = 4
 
     @classmethod
     def fine_tune(cls, steps: int, freeze: Freeze = "gradual", seed: int = 0) -> PPOSettings:
-        """Shorter rollouts: a 50k-step budget still gets ~50 updates."""
-        return cls(steps=steps, envs=16, rollout=64, minibatches=4, freeze=freeze, seed=seed)
+        """Fewer envs per update (a 50k-step budget still gets ~24 updates) and a gentler step
+        size, so a short fine-tune refines what the policy knows rather than overwriting it."""
+        return cls(steps=steps, envs=8, minibatches=8, learning_rate=3e-4, freeze=freeze, seed=seed)
 
 
 @dataclass
@@ -83,23 +91,30 @@ def train(
     generator = torch.Generator().manual_seed(s.seed)
     stats = TrainStats()
     start = time.perf_counter()
-    batch = s.envs * s.rollout
+    if s.group and s.envs % s.group:
+        raise ValueError(f"envs={s.envs} is not a multiple of group={s.group}")
+    rollout = sim.workload.episode_tasks if s.group else s.rollout  # groups need whole episodes
+    batch = s.envs * rollout
     updates = max(1, s.steps // batch)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.learning_rate, eps=1e-5)
 
-    obs = sim.reset(s.seed * 7_919 + 1)
+    def episode_seeds(episode: int) -> list[int]:
+        width = s.group or 1
+        return [(s.seed * 7_919 + episode) * s.envs + i // width for i in range(s.envs)]
+
+    obs = sim.reset(episode_seeds(1))
     episode_seed, episode_return = 1, np.zeros(s.envs)
     for update in range(updates):
         only_resized = s.freeze == "trunk" or (s.freeze == "gradual" and update < updates // 2)
         params = _set_trainable(policy, only_resized)
-        for group in optimizer.param_groups:
-            group["lr"] = s.learning_rate * (1 - update / updates)
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = s.learning_rate * (1 - update / updates)
 
         buffers = {
             k: [] for k in ("nodes", "task", "mask", "action", "logp", "value", "reward", "done")
         }
         with torch.no_grad():
-            for _ in range(s.rollout):
+            for _ in range(rollout):
                 nodes_t, task_t, mask_t = policy.view(obs, names)
                 logits, value = policy(nodes_t, task_t, mask_t)
                 dist = torch.distributions.Categorical(logits=logits)
@@ -117,12 +132,15 @@ def train(
                     stats.episode_returns.append(float(episode_return.mean()))
                     episode_return[:] = 0
                     episode_seed += 1
-                    obs = sim.reset(s.seed * 7_919 + episode_seed)
+                    obs = sim.reset(episode_seeds(episode_seed))
             _, next_value = policy(*policy.view(obs, names))
 
         data = {k: torch.stack(v) for k, v in buffers.items()}
-        advantages = _gae(data["reward"], data["value"], data["done"], next_value, s)
-        returns = advantages + data["value"]
+        if s.group:
+            advantages, returns = _group_advantages(data["reward"], s.group, s.gamma)
+        else:
+            advantages = _gae(data["reward"], data["value"], data["done"], next_value, s)
+            returns = advantages + data["value"]
         flat = {k: v.reshape(batch, *v.shape[2:]) for k, v in data.items()}
         flat["advantage"], flat["return"] = advantages.reshape(batch), returns.reshape(batch)
         _update(policy, optimizer, params, flat, s, generator)
@@ -147,6 +165,18 @@ def _gae(rewards, values, dones, next_value, s: PPOSettings) -> torch.Tensor:
         last = delta + s.gamma * s.gae_lambda * alive * last
         advantages[t] = last
     return advantages
+
+
+def _group_advantages(rewards: torch.Tensor, group: int, gamma: float):
+    """(advantages, returns) for whole episodes laid out as (steps, envs), envs grouped."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + gamma * running
+        returns[t] = running
+    grouped = returns.reshape(returns.shape[0], -1, group)
+    others = (grouped.sum(-1, keepdim=True) - grouped) / (group - 1)
+    return (grouped - others).reshape(returns.shape), returns
 
 
 def _update(policy, optimizer, params, data, s: PPOSettings, generator) -> None:

@@ -1,16 +1,9 @@
 import pytest
-import torch
 
-from metapolicy.adapt import AdaptationSettings, TooManyNodes, adapt
+from metapolicy.adapt import AdaptationSettings, TooManyNodes, adapt, rollback_drill
 from metapolicy.cluster import resize_cluster
 
 FAST = dict(budget_steps=0, episodes=4)
-
-
-def sabotage(candidate) -> None:
-    """Turn the candidate into an anti-policy: it now prefers the most expensive node."""
-    with torch.no_grad():
-        candidate.cost_weight.fill_(100.0)
 
 
 def test_shrink_with_equivalent_candidate_is_promoted(policy, workload):
@@ -29,7 +22,7 @@ def test_shrink_with_equivalent_candidate_is_promoted(policy, workload):
 def test_sabotaged_candidate_is_rolled_back(policy, workload):
     new_nodes = resize_cluster(policy.nodes, 2)
     settings = AdaptationSettings(min_retention=0.0, workload=workload, **FAST)
-    result = adapt(policy, new_nodes, settings, perturb=sabotage)
+    result = adapt(policy, new_nodes, settings, perturb=rollback_drill)
     assert result.outcome == "rolled_back"
     assert "below the backup in masked mode" in result.reason
     assert result.candidate_score < result.backup_masked_score
