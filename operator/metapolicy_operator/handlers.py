@@ -1,0 +1,129 @@
+"""kopf wiring: a node index, one daemon per MetaPolicy, and the process-wide runtime.
+
+Run with `metapolicy run` or `kopf run -m metapolicy_operator.handlers` (settings from the
+environment, see config.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+import kubernetes
+
+from metapolicy_operator import jobs
+from metapolicy_operator.config import OperatorConfig
+from metapolicy_operator.controller import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    PolicyController,
+    Runtime,
+    cleanup_store,
+)
+from metapolicy_operator.metrics import Metrics, serve
+
+RUNTIME_KEY = "metapolicy-runtime"
+
+
+def _api_client(config: OperatorConfig) -> kubernetes.client.ApiClient:
+    if config.kubeconfig:
+        return kubernetes.config.new_client_from_config(config_file=config.kubeconfig)
+    try:
+        kubernetes.config.load_incluster_config()
+        return kubernetes.client.ApiClient()
+    except kubernetes.config.ConfigException:
+        return kubernetes.config.new_client_from_config()
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_: Any) -> None:
+    config = OperatorConfig.from_env()
+    # Only explicit Events (kopf.event) reach the MetaPolicy; log lines stay logs.
+    settings.posting.level = logging.ERROR
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    runtime = Runtime(
+        config=config,
+        api=_api_client(config),
+        metrics=Metrics(),
+        pool=jobs.make_pool(config.workers),
+        workers=asyncio.Semaphore(config.workers),
+    )
+    server = await serve(
+        runtime.metrics, config.metrics_port, lambda: (True, "ok"), config.metrics_host
+    )
+    port = server.addresses[0][1] if server.addresses else config.metrics_port
+    logger.info("metrics on http://%s:%s/metrics", config.metrics_host, port)
+    memo[RUNTIME_KEY] = runtime
+    memo["metapolicy-server"] = server
+    memo["metapolicy-metrics-port"] = port
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get(RUNTIME_KEY)
+    server = memo.get("metapolicy-server")
+    if server is not None:
+        await server.cleanup()
+    if runtime is not None:
+        runtime.pool.shutdown(wait=False, cancel_futures=True)
+        runtime.api.close()
+
+
+@kopf.index("", "v1", "nodes")
+def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    """Every node by name; each policy filters by its own selector and eligibility."""
+    return {name: dict(body)}
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_changed(type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get(RUNTIME_KEY)
+    if runtime is None:
+        return
+    runtime.metrics.node_events.labels((type or "LIST").lower()).inc()
+    for controller in list(runtime.controllers.values()):
+        controller.nudge()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def policy_changed(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get(RUNTIME_KEY)
+    controller = runtime.controllers.get(f"{namespace}/{name}") if runtime else None
+    if controller is not None:
+        controller.observe(body)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def policy_daemon(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    nodes: kopf.Index,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
+    """One loop per MetaPolicy; kopf restarts it if it crashes and stops it on deletion."""
+    runtime: Runtime = memo[RUNTIME_KEY]
+    key = f"{namespace}/{name}"
+    controller = PolicyController(runtime, body, nodes)
+    controller.observe(body)
+    runtime.controllers[key] = controller
+    try:
+        await controller.run(stopped)
+    finally:
+        if runtime.controllers.get(key) is controller:
+            del runtime.controllers[key]
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def policy_deleted(
+    body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    runtime: Runtime = memo[RUNTIME_KEY]
+    await cleanup_store(runtime, body)
+    runtime.metrics.forget(f"{namespace}/{name}")

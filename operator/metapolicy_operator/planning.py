@@ -1,0 +1,120 @@
+"""What a reconcile should do, decided from stored state only (level-triggered, no counters).
+
+Inputs are what the operator can always re-read after a restart: the spec, the active
+checkpoint's node names, the eligible node names, the adaptation history in status and a
+pending manual request. The output is one plan; nothing here touches the API or the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from metapolicy.strategies import check_strategy, choose_strategy, escalate
+from metapolicy_operator.spec import PolicySpec
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: str  # "train" | "adapt" | "in_sync" | "wait" | "degraded"
+    phase: str  # the phase to show while (or instead of) acting
+    reason: str  # CamelCase reason for conditions and Events
+    message: str
+    strategy: str | None = None
+    attempt: int = 1
+    trigger: str = "nodes"  # "nodes" | "manual" | "retry"
+    drill: bool = False
+    retry_in: float | None = None  # seconds until the next attempt is due ("wait")
+
+
+def node_set_hash(names: Sequence[str]) -> str:
+    """Identity of a node set, recorded with each adaptation to count attempts per set."""
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def failed_attempts(history: Sequence[Mapping], target: str) -> list[Mapping]:
+    """Trailing rolled-back attempts at this node set (a success or another set resets it)."""
+    streak: list[Mapping] = []
+    for record in reversed(history):
+        if record.get("nodeSetHash") != target or record.get("outcome") != "rolled_back":
+            break
+        streak.append(record)
+    return streak
+
+
+def plan(
+    spec: PolicySpec,
+    active: Sequence[str] | None,
+    desired: Sequence[str],
+    history: Sequence[Mapping],
+    request: Mapping | None = None,
+    now: datetime | None = None,
+) -> Plan:
+    now = now or datetime.now(UTC)
+    count = len(desired)
+    if count > spec.max_nodes:
+        keeps = "the active policy keeps serving" if active else "nothing can be trained"
+        return Plan(
+            "degraded",
+            "Degraded",
+            "TooManyNodes",
+            f"{count} eligible nodes exceed maxNodes={spec.max_nodes}; {keeps}",
+        )
+    if count == 0:
+        phase, keeps = ("Degraded", "the active policy is kept") if active else ("Pending", "")
+        return Plan("degraded", phase, "NoEligibleNodes", f"no eligible nodes; {keeps}".strip("; "))
+    if active is None:
+        return Plan("train", "Training", "InitialTraining", f"training on {count} nodes")
+    if request is not None:
+        strategy = request.get("strategy") or "auto"
+        if strategy == "auto":
+            strategy = choose_strategy(active, desired, spec.adaptation.strategy)
+        return Plan(
+            "adapt",
+            "Adapting",
+            "ManualRequest",
+            f"manual request: {request.get('reason') or 'no reason given'}",
+            strategy=check_strategy(strategy),
+            trigger="manual",
+            drill=bool(request.get("drill")),
+        )
+    if sorted(active) == sorted(desired):
+        return Plan("in_sync", "Ready", "InSync", f"serving {count} nodes")
+    failures = failed_attempts(history, node_set_hash(desired))
+    if len(failures) >= spec.max_attempts:
+        return Plan(
+            "wait",
+            "RolledBack",
+            "AdaptationFailing",
+            f"{len(failures)} attempts at this node set were rolled back; the previous policy "
+            "keeps serving in masked mode until the node set or the spec changes",
+        )
+    if failures:
+        due = _parse_time(failures[0].get("finishedAt"))
+        wait = spec.backoff_seconds - ((now - due).total_seconds() if due else spec.backoff_seconds)
+        if wait > 0:
+            return Plan(
+                "wait",
+                "RolledBack",
+                "BackingOff",
+                f"retrying in {wait:.0f}s with a stronger strategy",
+                retry_in=wait,
+            )
+        strategy = escalate(failures[0].get("strategy") or "zero_padding")
+        return Plan(
+            "adapt",
+            "Adapting",
+            "Retry",
+            f"attempt {len(failures) + 1} after a rollback",
+            strategy=strategy,
+            attempt=len(failures) + 1,
+            trigger="retry",
+        )
+    strategy = choose_strategy(active, desired, spec.adaptation.strategy)
+    return Plan("adapt", "Adapting", "NodeSetChanged", f"{len(active)} -> {count} nodes", strategy)

@@ -1,0 +1,336 @@
+"""The operator end to end, in-process: kopf against the KMock emulator, real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import aiohttp
+import pytest
+
+MODULE = "metapolicy_operator.handlers"
+POLICIES = "/apis/metapolicy.dev/v1alpha1/namespaces/default/metapolicies"
+CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
+SLOW = 120  # training and adaptation run in spawned worker processes
+
+TINY_SPEC = {
+    "hiddenSize": 16,
+    "maxNodes": 8,
+    "adaptation": {"settleSeconds": 1, "budgetSteps": 512, "backoffSeconds": 1},
+    "validation": {"episodes": 4, "minRetention": 0.0},
+    "workload": {"episodeTasks": 32},
+    "training": {"budgetSteps": 2048},
+}
+
+
+def node(name: str, cpu: str = "8", memory: str = "32Gi", latency: str | None = "5", **labels):
+    annotations = {"metapolicy.dev/latency-ms": latency} if latency is not None else {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {},
+        "status": {
+            "allocatable": {"cpu": cpu, "memory": memory},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+def policy(name: str, **spec) -> dict:
+    return {
+        "apiVersion": "metapolicy.dev/v1alpha1",
+        "kind": "MetaPolicy",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": TINY_SPEC | spec,
+    }
+
+
+@pytest.fixture
+def metrics_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def operator_env(cluster, monkeypatch, metrics_port):
+    monkeypatch.setenv("METAPOLICY_KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.setenv("METAPOLICY_METRICS_HOST", "127.0.0.1")
+    monkeypatch.setenv("METAPOLICY_METRICS_PORT", str(metrics_port))
+    monkeypatch.setenv("METAPOLICY_WORKERS", "1")
+    monkeypatch.setenv("METAPOLICY_RETRY_SECONDS", "1")
+
+
+async def phase_of(api, name: str) -> str | None:
+    body = await api.find(f"{POLICIES}/{name}")
+    return (body or {}).get("status", {}).get("phase")
+
+
+async def test_policy_trains_then_adapts_to_new_nodes(api, run_operator, wait_for, operator_env):
+    for i in range(3):
+        await api.create("/api/v1/nodes", node(f"edge-{i}"))
+    await api.create(POLICIES, policy("web"))
+    async with run_operator(modules=[MODULE]):
+        status = await wait_for(
+            lambda: _status_when(api, "web", lambda s: s.get("phase") == "Ready"), SLOW
+        )
+        assert status["nodes"] == ["edge-0", "edge-1", "edge-2"]
+        assert status["activeVersion"] == 1
+        assert status["lastAdaptation"]["strategy"] == "initial"
+
+        await api.create("/api/v1/nodes", node("edge-3", cpu="16", memory="64Gi"))
+        status = await wait_for(
+            lambda: _status_when(api, "web", lambda s: s.get("currentNodes") == 4), SLOW
+        )
+        last = status["lastAdaptation"]
+        assert last["addedNodes"] == ["edge-3"] and last["outcome"] == "promoted"
+        assert last["strategy"] == "zero_padding"
+        assert status["activeVersion"] == 2 and status["backupVersion"] == 1
+        assert [h["trigger"] for h in status["history"]] == ["initial", "nodes"]
+        stored = await api.get(CONFIGMAPS)
+        names = {cm["metadata"]["name"] for cm in stored["items"]}
+        assert {"web-v000001", "web-v000002", "web-active"} <= names
+
+
+async def _status_when(api, name, predicate):
+    body = await api.find(f"{POLICIES}/{name}")
+    status = (body or {}).get("status") or {}
+    return status if predicate(status) else None
+
+
+def status_is(api, name, predicate):
+    return lambda: _status_when(api, name, predicate)
+
+
+async def events_for(api, name: str) -> list[dict]:
+    items = (await api.get("/api/v1/namespaces/default/events"))["items"]
+    return [e for e in items if e.get("involvedObject", {}).get("name") == name]
+
+
+async def stored_node_names(api, configmap: str) -> list[str]:
+    body = await api.get(f"{CONFIGMAPS}/{configmap}")
+    return json.loads(body["data"]["manifest.json"])["meta"]["node_names"]
+
+
+async def ready_with(api, wait_for, name: str, count: int) -> dict:
+    return await wait_for(
+        status_is(
+            api, name, lambda s: s.get("phase") == "Ready" and s.get("currentNodes") == count
+        ),
+        SLOW,
+        message=f"{name} Ready with {count} nodes",
+    )
+
+
+async def test_taint_for_removal_drops_that_middle_slot_before_deletion(
+    api, run_operator, wait_for, operator_env
+):
+    for i in range(4):
+        await api.create("/api/v1/nodes", node(f"edge-{i}"))
+    await api.create(POLICIES, policy("web"))
+    async with run_operator(modules=[MODULE]):
+        await ready_with(api, wait_for, "web", 4)
+        taint = {"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}
+        await api.patch("/api/v1/nodes/edge-1", {"spec": {"taints": [taint]}})
+        status = await ready_with(api, wait_for, "web", 3)
+        assert status["lastAdaptation"]["removedNodes"] == ["edge-1"]
+        assert await api.find("/api/v1/nodes/edge-1") is not None  # adapted before it went
+        # the slot of edge-1 is gone; the others keep their order
+        assert await stored_node_names(api, "web-v000002") == ["edge-0", "edge-2", "edge-3"]
+
+
+async def test_a_burst_of_changes_yields_one_adaptation(api, run_operator, wait_for, operator_env):
+    for i in range(3):
+        await api.create("/api/v1/nodes", node(f"edge-{i}"))
+    spec = {"adaptation": {"settleSeconds": 3, "budgetSteps": 512, "backoffSeconds": 1}}
+    await api.create(POLICIES, policy("web", **spec))
+    async with run_operator(modules=[MODULE]):
+        await ready_with(api, wait_for, "web", 3)
+        changes = 0
+        for i in range(3, 8):  # 5 joins
+            await api.create("/api/v1/nodes", node(f"edge-{i}"))
+            changes += 1
+        for i in range(3, 8):  # cordon and uncordon each: 10 changes
+            await api.patch(f"/api/v1/nodes/edge-{i}", {"spec": {"unschedulable": True}})
+            await api.patch(f"/api/v1/nodes/edge-{i}", {"spec": {"unschedulable": False}})
+            changes += 2
+        for i in range(3, 8):  # 5 label changes that do not affect eligibility
+            await api.patch(f"/api/v1/nodes/edge-{i}", {"metadata": {"labels": {"rack": "r1"}}})
+            changes += 1
+        assert changes == 20
+        status = await ready_with(api, wait_for, "web", 8)
+        assert [h["trigger"] for h in status["history"]] == ["initial", "nodes"]
+        assert status["lastAdaptation"]["addedNodes"] == [f"edge-{i}" for i in range(3, 8)]
+
+
+async def test_more_nodes_than_max_degrades_and_keeps_the_active_policy(
+    api, run_operator, wait_for, operator_env
+):
+    for i in range(3):
+        await api.create("/api/v1/nodes", node(f"edge-{i}"))
+    await api.create(POLICIES, policy("web", maxNodes=3))
+    async with run_operator(modules=[MODULE]):
+        await ready_with(api, wait_for, "web", 3)
+        await api.create("/api/v1/nodes", node("edge-3"))
+        status = await wait_for(status_is(api, "web", lambda s: s.get("phase") == "Degraded"), SLOW)
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "TooManyNodes"
+        assert "4 eligible nodes exceed maxNodes=3" in degraded["message"]
+        assert status["activeVersion"] == 1 and status["currentNodes"] == 3
+        reasons = {e["reason"] for e in await events_for(api, "web")}
+        assert "TooManyNodes" in reasons
+
+
+async def test_failing_validation_rolls_back_retries_escalating_then_gives_up(
+    api, run_operator, wait_for, operator_env, metrics_port
+):
+    for i in range(3):
+        await api.create("/api/v1/nodes", node(f"edge-{i}"))
+    spec = {
+        "validation": {"episodes": 4, "minRetention": 2.0},  # impossible: every candidate fails
+        "adaptation": {
+            "settleSeconds": 1,
+            "budgetSteps": 512,
+            "backoffSeconds": 1,
+            "maxAttempts": 2,
+        },
+    }
+    await api.create(POLICIES, policy("web", **spec))
+    async with run_operator(modules=[MODULE]):
+        await ready_with(api, wait_for, "web", 3)
+        await api.create("/api/v1/nodes", node("edge-3"))
+        status = await wait_for(
+            status_is(api, "web", lambda s: (s.get("conditions") and any(
+                c["reason"] == "AdaptationFailing" for c in s["conditions"]))),
+            SLOW,
+        )  # fmt: skip
+        attempts = status["history"][1:]
+        assert [a["outcome"] for a in attempts] == ["rolled_back", "rolled_back"]
+        assert [a["strategy"] for a in attempts] == ["zero_padding", "weight_interpolation"]
+        assert [a["attempt"] for a in attempts] == [1, 2]
+        assert status["phase"] == "RolledBack" and status["activeVersion"] == 1
+        assert status["nodes"] == ["edge-0", "edge-1", "edge-2"]  # the backup keeps serving
+        text = await scrape(metrics_port)
+        line = 'metapolicy_rollbacks_total{policy="default/web",reason="retention_below_threshold"}'
+        assert f"{line} 2.0" in text
+        assert {"RolledBack"} <= {e["reason"] for e in await events_for(api, "web")}
+
+
+async def test_invalid_spec_and_malformed_node_data_are_reported(
+    api, run_operator, wait_for, operator_env
+):
+    await api.create("/api/v1/nodes", node("edge-0"))
+    await api.create("/api/v1/nodes", node("edge-1", latency="fast"))
+    await api.create(POLICIES, policy("bad", maxNodes="ten"))
+    await api.create(POLICIES, policy("good"))
+    async with run_operator(modules=[MODULE]):
+        status = await wait_for(status_is(api, "bad", lambda s: s.get("phase") == "Failed"), SLOW)
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["reason"] == "InvalidSpec" and "spec.maxNodes='ten'" in degraded["message"]
+        status = await ready_with(api, wait_for, "good", 2)  # the other policy is unaffected
+        node_data = next(c for c in status["conditions"] if c["type"] == "NodeData")
+        assert node_data["status"] == "False" and "edge-1" in node_data["message"]
+        events = {e["reason"]: e["message"] for e in await events_for(api, "good")}
+        assert "edge-1" in events["MalformedNodeData"]
+        assert "InvalidSpec" in {e["reason"] for e in await events_for(api, "bad")}
+
+
+async def test_restart_mid_adaptation_converges(api, run_operator, wait_for, operator_env):
+    for i in range(3):
+        await api.create("/api/v1/nodes", node(f"edge-{i}"))
+    spec = {"adaptation": {"settleSeconds": 0, "budgetSteps": 20_000, "backoffSeconds": 1}}
+    await api.create(POLICIES, policy("web", **spec))
+    async with run_operator(modules=[MODULE]):
+        await ready_with(api, wait_for, "web", 3)
+        await api.create("/api/v1/nodes", node("edge-3"))
+        await wait_for(status_is(api, "web", lambda s: s.get("phase") == "Adapting"), SLOW)
+    # the operator is gone mid-adaptation; the candidate was never stored
+    async with run_operator(modules=[MODULE]):
+        status = await ready_with(api, wait_for, "web", 4)
+        assert status["activeVersion"] == 2
+        assert await stored_node_names(api, "web-v000002") == [
+            "edge-0",
+            "edge-1",
+            "edge-2",
+            "edge-3",
+        ]
+
+
+async def test_deleting_a_policy_removes_its_stored_versions(
+    api, run_operator, wait_for, operator_env
+):
+    await api.create("/api/v1/nodes", node("edge-0"))
+    await api.create(POLICIES, policy("web"))
+    async with run_operator(modules=[MODULE]):
+        await ready_with(api, wait_for, "web", 1)
+        owners = (await api.get(f"{CONFIGMAPS}/web-v000001"))["metadata"]["ownerReferences"]
+        policy_uid = (await api.get(f"{POLICIES}/web"))["metadata"]["uid"]
+        assert owners == [{
+            "apiVersion": "metapolicy.dev/v1alpha1", "kind": "MetaPolicy", "name": "web",
+            "uid": policy_uid, "controller": True, "blockOwnerDeletion": True,
+        }]  # fmt: skip
+        await api.delete(f"{POLICIES}/web")
+        await wait_for(lambda: _gone(api, f"{POLICIES}/web"), SLOW)
+        left = [
+            cm["metadata"]["name"]
+            for cm in (await api.get(CONFIGMAPS))["items"]
+            if cm["metadata"].get("labels", {}).get("metapolicy.dev/policy") == "web"
+        ]
+        assert left == []
+
+
+async def scrape(port: int) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as r,
+    ):
+        return await r.text()
+
+
+async def _gone(api, path):
+    return await api.find(path) is None
+
+
+async def test_metrics_answer_while_a_policy_trains(
+    api, run_operator, wait_for, operator_env, metrics_port
+):
+    await api.create("/api/v1/nodes", node("edge-0"))
+    await api.create("/api/v1/nodes", node("edge-1"))
+    await api.create(POLICIES, policy("web", training={"budgetSteps": 30_000}))
+    async with run_operator(modules=[MODULE]):
+        await wait_for(status_is(api, "web", lambda s: s.get("phase") == "Training"), SLOW)
+        latencies = []
+        async with aiohttp.ClientSession() as session:
+            while (await _status_when(api, "web", lambda s: s.get("phase") == "Training")) and len(
+                latencies
+            ) < 20:
+                start = time.perf_counter()
+                async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                    assert response.status == 200
+                    assert "metapolicy_adaptations_in_progress" in await response.text()
+                latencies.append(time.perf_counter() - start)
+                await asyncio.sleep(0.1)  # pacing between scrapes, not a wait for a condition
+        assert len(latencies) >= 5, "training finished before the scrapes could be taken"
+        assert max(latencies) < 1.0
+        await ready_with(api, wait_for, "web", 2)
+
+
+async def test_two_policies_with_different_selectors_adapt_independently(
+    api, run_operator, wait_for, operator_env
+):
+    for zone in ("a", "b"):
+        for i in range(2):
+            await api.create("/api/v1/nodes", node(f"{zone}-{i}", zone=zone))
+    await api.create(POLICIES, policy("zone-a", nodeSelector={"matchLabels": {"zone": "a"}}))
+    await api.create(POLICIES, policy("zone-b", nodeSelector={"matchLabels": {"zone": "b"}}))
+    async with run_operator(modules=[MODULE]):
+        await ready_with(api, wait_for, "zone-a", 2)
+        await ready_with(api, wait_for, "zone-b", 2)
+        await api.create("/api/v1/nodes", node("b-2", zone="b"))
+        status_b = await ready_with(api, wait_for, "zone-b", 3)
+        status_a = await _status_when(api, "zone-a", lambda s: True)
+        assert status_b["lastAdaptation"]["addedNodes"] == ["b-2"]
+        assert len(status_a["history"]) == 1 and status_a["nodes"] == ["a-0", "a-1"]
