@@ -1,5 +1,5 @@
 """`metapolicy` command line: train, adapt, inspect and list strategies against a checkpoint
-directory, and run the demo."""
+directory, run the demo, and `run` the Kubernetes operator."""
 
 from __future__ import annotations
 
@@ -144,6 +144,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_offline_demo(fast=args.fast)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from metapolicy_operator.main import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metapolicy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the scaling demo (offline pipeline)")
     p.add_argument("--fast", action="store_true", help="tiny budgets, for a smoke run")
     p.set_defaults(func=cmd_demo)
+
+    from metapolicy_operator.main import add_arguments
+
+    p = sub.add_parser("run", help="run the Kubernetes operator")
+    add_arguments(p)
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -36,6 +37,17 @@ def _api_client(config: OperatorConfig) -> kubernetes.client.ApiClient:
         return kubernetes.client.ApiClient()
     except kubernetes.config.ConfigException:
         return kubernetes.config.new_client_from_config()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The same cluster for kopf and for our own client: an explicit kubeconfig if given
+    (read now, not when the kubernetes library was imported), else in-cluster."""
+    config = OperatorConfig.from_env()
+    if config.kubeconfig:
+        os.environ["KUBECONFIG"] = config.kubeconfig
+        return kopf.login_with_kubeconfig(**kwargs)
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()
