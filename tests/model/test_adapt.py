@@ -66,3 +66,13 @@ def test_fine_tune_and_distillation_stages_are_timed(policy, workload):
     assert result.adaptation_time >= sum(result.timings.values()) * 0.99
     record = result.to_dict()
     assert "candidate" not in record and record["added"] == ["node-06", "node-07"]
+
+
+def test_worse_means_significantly_worse_on_paired_episodes():
+    import numpy as np
+
+    from metapolicy.adapt import significantly_worse
+
+    backup = np.array([-50.0, -60.0, -55.0, -52.0])
+    assert not significantly_worse(backup - np.array([0.1, -0.2, 0.15, -0.05]), backup)  # noise
+    assert significantly_worse(backup - 5.0 + np.array([0.1, -0.2, 0.15, -0.05]), backup)

@@ -13,6 +13,7 @@ import pytest
 MODULE = "metapolicy_operator.handlers"
 POLICIES = "/apis/metapolicy.dev/v1alpha1/namespaces/default/metapolicies"
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
+ANNOTATION = "metapolicy.dev/adapt-request"
 SLOW = 120  # training and adaptation run in spawned worker processes
 
 TINY_SPEC = {
@@ -334,3 +335,44 @@ async def test_two_policies_with_different_selectors_adapt_independently(
         status_a = await _status_when(api, "zone-a", lambda s: True)
         assert status_b["lastAdaptation"]["addedNodes"] == ["b-2"]
         assert len(status_a["history"]) == 1 and status_a["nodes"] == ["a-0", "a-1"]
+
+
+async def test_manual_adapt_request_is_served_and_acknowledged(
+    api, run_operator, wait_for, operator_env
+):
+    for i in range(3):
+        await api.create("/api/v1/nodes", node(f"edge-{i}"))
+    await api.create(POLICIES, policy("web", validation={"episodes": 4, "minRetention": 0.5}))
+    async with run_operator(modules=[MODULE]):
+        await ready_with(api, wait_for, "web", 3)
+        request = json.dumps({"strategy": "attention_based", "reason": "nightly refresh"})
+        await api.patch(f"{POLICIES}/web", {"metadata": {"annotations": {ANNOTATION: request}}})
+        status = await wait_for(
+            status_is(
+                api, "web", lambda s: (s.get("adaptRequest") or {}).get("received") == request
+            ),
+            SLOW,
+        )
+        assert status["adaptRequest"]["state"].startswith("done: promoted")
+        assert status["lastAdaptation"]["strategy"] == "attention_based"
+        assert status["lastAdaptation"]["trigger"] == "manual"
+
+        drill = json.dumps({"drill": True, "reason": "rollback drill"})
+        await api.patch(f"{POLICIES}/web", {"metadata": {"annotations": {ANNOTATION: drill}}})
+        status = await wait_for(
+            status_is(api, "web", lambda s: (s.get("adaptRequest") or {}).get("received") == drill),
+            SLOW,
+        )
+        assert status["lastAdaptation"]["outcome"] == "rolled_back"
+        assert status["lastAdaptation"]["drill"] is True
+        assert status["activeVersion"] == 2  # the drill's candidate (v3) never served
+
+        await api.patch(f"{POLICIES}/web", {"metadata": {"annotations": {ANNOTATION: "{oops"}}})
+        status = await wait_for(
+            status_is(
+                api, "web", lambda s: (s.get("adaptRequest") or {}).get("received") == "{oops"
+            ),
+            SLOW,
+        )
+        assert status["adaptRequest"]["state"].startswith("rejected:")
+        assert "InvalidAdaptRequest" in {e["reason"] for e in await events_for(api, "web")}
