@@ -109,7 +109,7 @@ def policy_changed(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, 
         controller.observe(body)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_backoff=5.0, cancellation_timeout=10.0)
 async def policy_daemon(
     body: kopf.Body,
     namespace: str,
