@@ -9,10 +9,8 @@ Writes <out>.json (raw numbers, machine, seeds, git revision) and <out>.md (tabl
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 
 import numpy as np
 
@@ -38,7 +36,9 @@ def run_one(arch: str, seed: int, args: argparse.Namespace) -> list[dict]:
 
     torch.set_num_threads(1)
     base = make_cluster(8, seed)
-    settings = TrainingSettings(architecture=arch, hidden=args.hidden, steps=args.train_steps, seed=seed)
+    settings = TrainingSettings(
+        architecture=arch, hidden=args.hidden, steps=args.train_steps, seed=seed
+    )
     trained = train_initial(base, settings)
     backup = trained.policy
     seeds = evaluation_seeds(args.episodes)
@@ -122,7 +122,9 @@ def summarise(rows: list[dict]) -> str:
                 cells.append(f"{zero.mean():.2f} -> {after.mean():.3f} ± {after.std():.3f}")
             lines.append(f"| {delta:+d} | " + " | ".join(cells) + " |")
         secs = [r["seconds"] for r in rows if r["arch"] == arch and r["strategy"] != "scratch"]
-        lines.append(f"\nadaptation wall time: median {np.median(secs):.1f}s, max {np.max(secs):.1f}s")
+        lines.append(
+            f"\nadaptation wall time: median {np.median(secs):.1f}s, max {np.max(secs):.1f}s"
+        )
     return "\n".join(lines)
 
 
@@ -146,7 +148,12 @@ def main() -> None:
     table = summarise(rows)
     write_json(
         f"{args.out}.json",
-        {"args": vars(args), "machine": machine_info(), "seconds": time.perf_counter() - start, "rows": rows},
+        {
+            "args": vars(args),
+            "machine": machine_info(),
+            "seconds": time.perf_counter() - start,
+            "rows": rows,
+        },
     )
     with open(f"{args.out}.md", "w") as f:
         f.write(f"# Retention (base 8 nodes, hidden {args.hidden}, budget {args.budget} steps)\n")
