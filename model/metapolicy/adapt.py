@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from metapolicy.cluster import NodeProfile, check_unique
+from metapolicy.cluster import NodeProfile, check_node_set
 from metapolicy.distill import DistillSettings, distill
 from metapolicy.evaluation import (
     Reference,
@@ -29,10 +29,6 @@ from metapolicy.policy import SlotPolicy
 from metapolicy.ppo import Freeze, PPOSettings, train
 from metapolicy.strategies import changed_slots, choose_strategy, resize
 from metapolicy.workload import WorkloadSpec
-
-
-class TooManyNodes(ValueError):
-    """More eligible nodes than the policy may have slots for."""
 
 
 @dataclass(frozen=True)
@@ -162,11 +158,7 @@ def adapt(
     proving that a bad candidate is caught.
     """
     s = settings or AdaptationSettings()
-    new_nodes = check_unique(new_nodes)
-    if not new_nodes:
-        raise ValueError("cannot adapt to an empty node set")
-    if len(new_nodes) > s.max_nodes:
-        raise TooManyNodes(f"{len(new_nodes)} eligible nodes exceed maxNodes={s.max_nodes}")
+    new_nodes = check_node_set(new_nodes, s.max_nodes)
     progress = on_progress or (lambda stage, fraction: None)
     names = [n.name for n in new_nodes]
     added, removed = changed_slots(backup.slot_names, names)

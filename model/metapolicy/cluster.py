@@ -62,6 +62,20 @@ class NodeProfile:
         )
 
 
+class TooManyNodes(ValueError):
+    """More eligible nodes than the policy may have slots for."""
+
+
+def check_node_set(nodes: Iterable[NodeProfile], max_nodes: int) -> list[NodeProfile]:
+    """A node set a policy can be trained or adapted for: non-empty, unique, within maxNodes."""
+    nodes = check_unique(nodes)
+    if not nodes:
+        raise ValueError("no eligible nodes: a policy needs at least one")
+    if len(nodes) > max_nodes:
+        raise TooManyNodes(f"{len(nodes)} eligible nodes exceed maxNodes={max_nodes}")
+    return nodes
+
+
 def check_unique(nodes: Iterable[NodeProfile]) -> list[NodeProfile]:
     """Node names are slot identities, so a duplicate would silently merge two nodes."""
     nodes = list(nodes)

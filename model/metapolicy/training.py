@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from metapolicy.adapt import TooManyNodes
-from metapolicy.cluster import NodeProfile, check_unique
+from metapolicy.cluster import NodeProfile, check_node_set
 from metapolicy.evaluation import episode_returns, evaluation_seeds, reference
 from metapolicy.policy import SlotPolicy, make_policy
 from metapolicy.ppo import PPOSettings, TrainStats, train
@@ -39,11 +38,7 @@ def train_initial(
     on_progress: Callable[[float], None] | None = None,
 ) -> TrainingResult:
     s = settings or TrainingSettings()
-    nodes = check_unique(nodes)
-    if not nodes:
-        raise ValueError("cannot train on an empty node set")
-    if len(nodes) > s.max_nodes:
-        raise TooManyNodes(f"{len(nodes)} eligible nodes exceed maxNodes={s.max_nodes}")
+    nodes = check_node_set(nodes, s.max_nodes)
     policy = make_policy(s.architecture, nodes, s.hidden, s.seed)
 
     def report(stats: TrainStats) -> None:

@@ -1,7 +1,7 @@
 import pytest
 
-from metapolicy.adapt import AdaptationSettings, TooManyNodes, adapt, rollback_drill
-from metapolicy.cluster import resize_cluster
+from metapolicy.adapt import AdaptationSettings, adapt, rollback_drill
+from metapolicy.cluster import TooManyNodes, resize_cluster
 
 FAST = dict(budget_steps=0, episodes=4)
 
