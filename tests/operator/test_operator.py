@@ -376,3 +376,26 @@ async def test_manual_adapt_request_is_served_and_acknowledged(
         )
         assert status["adaptRequest"]["state"].startswith("rejected:")
         assert "InvalidAdaptRequest" in {e["reason"] for e in await events_for(api, "web")}
+
+
+async def test_a_corrupt_stored_version_is_never_served_and_the_policy_recovers(
+    api, run_operator, wait_for, operator_env
+):
+    for i in range(2):
+        await api.create("/api/v1/nodes", node(f"edge-{i}"))
+    await api.create(POLICIES, policy("web"))
+    async with run_operator(modules=[MODULE]):
+        await ready_with(api, wait_for, "web", 2)
+    # a torn write while the operator was down: the active version's weights are garbage
+    await api.patch(
+        f"{CONFIGMAPS}/web-v000001", {"binaryData": {"weights.safetensors.gz": "bm90IGd6aXA="}}
+    )
+    async with run_operator(modules=[MODULE]):
+        status = await wait_for(
+            status_is(
+                api, "web", lambda s: s.get("phase") == "Ready" and s.get("activeVersion") == 2
+            ),
+            SLOW,
+        )
+        assert status["nodes"] == ["edge-0", "edge-1"]
+        assert [h["trigger"] for h in status["history"]] == ["initial", "initial"]
