@@ -25,14 +25,21 @@ import safetensors.torch
 
 from metapolicy.cluster import NodeProfile
 from metapolicy.store import CheckpointError, CheckpointStore, FilesystemStore
-from metapolicy.strategies import UnknownStrategy
+from metapolicy.strategies import UnknownStrategy, check_strategy
 from metapolicy_operator import jobs
 from metapolicy_operator.config import OperatorConfig
+from metapolicy_operator.configmap_store import ConfigMapStore
 from metapolicy_operator.inventory import NodeIssue, SelectorError, eligible_profiles
 from metapolicy_operator.metrics import Metrics
 from metapolicy_operator.planning import Plan, node_set_hash, plan
 from metapolicy_operator.spec import InvalidSpec, PolicySpec, parse_spec
-from metapolicy_operator.status import adaptation_record, conditions_for, now_iso, with_history
+from metapolicy_operator.status import (
+    adaptation_record,
+    condition,
+    conditions_for,
+    now_iso,
+    with_history,
+)
 
 GROUP, VERSION, PLURAL = "metapolicy.dev", "v1alpha1", "metapolicies"
 ADAPT_REQUEST = "metapolicy.dev/adapt-request"
@@ -168,7 +175,7 @@ class PolicyController:
         loaded = await asyncio.to_thread(store.load_active)
         active = loaded[1].meta["node_names"] if loaded else None
         desired = [p.name for p in profiles]
-        request, request_raw = self.pending_request(status)
+        request, request_raw = await self.pending_request(status)
         decision = plan(spec, active, desired, status.get("history") or [], request)
         self.update_gauges(loaded, desired)
         if decision.action == "train":
@@ -380,13 +387,11 @@ class PolicyController:
         if spec.storage_backend == "filesystem":
             root = Path(spec.storage_path) / meta.namespace / meta.name
             return FilesystemStore(root, keep=spec.keep_versions)
-        from metapolicy_operator.configmap_store import ConfigMapStore
-
         return ConfigMapStore(
             self.runtime.core, meta.namespace, meta.name, owner=self.body, keep=spec.keep_versions
         )
 
-    def pending_request(self, status: Mapping) -> tuple[dict | None, str | None]:
+    async def pending_request(self, status: Mapping) -> tuple[dict | None, str | None]:
         """A manual adapt request not yet acknowledged in status.adaptRequest.received."""
         raw = (self.current.get("metadata", {}).get("annotations") or {}).get(ADAPT_REQUEST)
         if not raw or (status.get("adaptRequest") or {}).get("received") == raw:
@@ -397,12 +402,9 @@ class PolicyController:
                 raise ValueError("not a JSON object")
             strategy = request.get("strategy") or "auto"
             if strategy != "auto":
-                from metapolicy.strategies import check_strategy
-
                 check_strategy(strategy)
         except (ValueError, UnknownStrategy) as error:
-            message = f"annotation {ADAPT_REQUEST} ignored: {error}"
-            asyncio.get_running_loop().create_task(self.reject_request(raw, message))
+            await self.reject_request(raw, f"annotation {ADAPT_REQUEST} ignored: {error}")
             return None, None
         return request, raw
 
@@ -421,8 +423,6 @@ class PolicyController:
         want = ("False", "MalformedNodeData", message) if issues else ("True", "Valid", "")
         have = (current.get("status"), current.get("reason"), current.get("message", ""))
         if have != want:
-            from metapolicy_operator.status import condition
-
             text = message or "all node data valid"
             conditions = condition(
                 status.get("conditions"), "NodeData", not issues, want[1], text, self.generation
@@ -488,8 +488,6 @@ async def cleanup_store(runtime: Runtime, body: Mapping) -> None:
             Path(spec.storage_path) / meta["namespace"] / meta["name"]
         )
     else:
-        from metapolicy_operator.configmap_store import ConfigMapStore
-
         store = ConfigMapStore(runtime.core, meta["namespace"], meta["name"], owner=body)
     try:
         await asyncio.to_thread(store.delete_all)
