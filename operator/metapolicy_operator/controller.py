@@ -86,6 +86,7 @@ class PolicyController:
         self.wake = asyncio.Event()
         self.last_change = time.monotonic()
         self.seen: tuple[Any, Any] = (None, None)
+        runtime.metrics.start(self.key)
         self._reported: dict[str, str] = {}
 
     # ----- triggers -----------------------------------------------------------------------------

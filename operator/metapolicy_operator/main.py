@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 
 import kopf
 
@@ -24,13 +25,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scope.add_argument(
         "--all-namespaces", "-A", action="store_true", help="watch every namespace (default)"
     )
-    parser.add_argument("--metrics-host", default="0.0.0.0")
-    parser.add_argument("--metrics-port", type=int, default=8080, help="/metrics and /healthz")
-    parser.add_argument("--workers", type=int, default=2, help="trainings/adaptations at once")
+    # Defaults come from the environment so that the METAPOLICY_* variables keep working.
+    env = os.environ
+    parser.add_argument("--metrics-host", default=env.get("METAPOLICY_METRICS_HOST", "0.0.0.0"))
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env.get("METAPOLICY_METRICS_PORT", 8080)),
+        help="/metrics and /healthz",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env.get("METAPOLICY_WORKERS", 2)),
+        help="trainings/adaptations at once",
+    )
     parser.add_argument(
         "--peering",
         metavar="NAME",
         help="run with kopf peering under this name (HA: one active replica); default standalone",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority; the highest runs, the others wait. Default with --peering: "
+        "random, so identical replicas never tie (kopf pauses every peer on a tie)",
     )
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--verbose", action="store_true")
@@ -52,9 +71,13 @@ def run(args: argparse.Namespace) -> int:
 
     import metapolicy_operator.handlers  # noqa: F401  (registers the handlers)
 
+    priority = args.priority
+    if args.peering and priority is None:
+        priority = random.randint(1, 2**31 - 1)
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=priority,
         namespaces=args.namespace,
         clusterwide=not args.namespace,
     )

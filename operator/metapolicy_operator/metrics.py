@@ -20,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from metapolicy.strategies import STRATEGIES
+
 PHASES = ("Pending", "Training", "Ready", "Adapting", "RolledBack", "Failed", "Degraded")
 ROLLBACK_REASONS = ("retention_below_threshold", "worse_than_masked_backup")
 DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -95,6 +97,14 @@ class Metrics:
             self.nodes, self.slots, self.in_sync, self.retention, self.candidate_score,
             self.backup_score, self.active_version, self.in_progress, self.last_success,
         )  # fmt: skip
+
+    def start(self, policy: str) -> None:
+        """Create a policy's counter series at 0, so increase() also sees its first event."""
+        for strategy in STRATEGIES:
+            for outcome in ("promoted", "rolled_back"):
+                self.adaptations.labels(policy, strategy, outcome)
+        for reason in ROLLBACK_REASONS:
+            self.rollbacks.labels(policy, reason)
 
     def set_phase(self, policy: str, phase: str) -> None:
         for name in PHASES:
