@@ -29,11 +29,11 @@ format: install
 demo: install
 	$(VENV)/bin/metapolicy demo
 
-bench: install
-	$(PY) -m benchmarks.run --quick
+bench: install          # initial training, both architectures, 3 seeds (~8 min on 2 cores)
+	$(PY) -m benchmarks.training
 
-bench-full: install
-	$(PY) -m benchmarks.run --full
+bench-full: install     # the retention grid: every strategy, both architectures (~55 min)
+	$(PY) -m benchmarks.retention
 
 clean:
 	rm -rf $(VENV) build *.egg-info
