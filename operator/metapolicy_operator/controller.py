@@ -57,6 +57,7 @@ class Runtime:
     pool: ProcessPoolExecutor
     workers: asyncio.Semaphore
     controllers: dict[str, PolicyController] = field(default_factory=dict)
+    node_digests: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def core(self) -> kubernetes.client.CoreV1Api:
@@ -104,6 +105,7 @@ class PolicyController:
             self.wake.set()
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
+        await self.settle(stopped)  # a policy created amid node changes trains on the final set
         retry_in: float | None = await self.reconcile_safely()
         while not stopped:
             waiter = asyncio.ensure_future(self.wake.wait())

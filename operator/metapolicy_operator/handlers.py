@@ -24,9 +24,18 @@ from metapolicy_operator.controller import (
     Runtime,
     cleanup_store,
 )
+from metapolicy_operator.inventory import eligibility, node_profile
 from metapolicy_operator.metrics import Metrics, serve
 
 RUNTIME_KEY = "metapolicy-runtime"
+
+
+def node_digest(body: kopf.Body) -> tuple:
+    """What policies read from a node: eligibility, profile and labels (for selectors)."""
+    eligible, reason = eligibility(body)
+    profile, issues = node_profile(body)
+    labels = tuple(sorted((body.get("metadata", {}).get("labels") or {}).items()))
+    return eligible, reason, profile, tuple(i.message for i in issues), labels
 
 
 def _api_client(config: OperatorConfig) -> kubernetes.client.ApiClient:
@@ -92,17 +101,31 @@ def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_changed(type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def node_changed(
+    type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """Async so the nudge happens on the event loop, in order with the index update; and only
+    when something a policy reads changed, so routine status updates do not keep resetting the
+    settle window on a large cluster."""
     runtime: Runtime | None = memo.get(RUNTIME_KEY)
     if runtime is None:
         return
     runtime.metrics.node_events.labels((type or "LIST").lower()).inc()
+    digest = None if type == "DELETED" else node_digest(body)
+    if runtime.node_digests.get(name) == digest:
+        return
+    if digest is None:
+        runtime.node_digests.pop(name, None)
+    else:
+        runtime.node_digests[name] = digest
     for controller in list(runtime.controllers.values()):
         controller.nudge()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def policy_changed(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def policy_changed(
+    body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any
+) -> None:
     runtime: Runtime | None = memo.get(RUNTIME_KEY)
     controller = runtime.controllers.get(f"{namespace}/{name}") if runtime else None
     if controller is not None:
