@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench bench-full clean
+.PHONY: install test e2e lint format demo demo-offline bench bench-full clean
 
 install: $(STAMP)
 
@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: install
+test: install            # everything, e2e scenarios included
 	$(PY) -m pytest -q
+
+e2e: install             # only the end-to-end scenarios (E2E_KUBECONFIG=... for a real cluster)
+	$(PY) -m pytest -q -m e2e tests/e2e
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -26,7 +29,10 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-demo: install
+demo: install            # embedded cluster + operator as processes, a scenario, the timeline
+	$(PY) -m e2e.demo
+
+demo-offline: install    # the same pipeline without Kubernetes
 	$(VENV)/bin/metapolicy demo
 
 bench: install          # initial training, both architectures, 3 seeds (~8 min on 2 cores)

@@ -1,0 +1,31 @@
+"""`python -m e2e.demo --fast`: the one-command demo runs green end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_fast_demo_plays_every_step_and_catches_the_drill():
+    result = subprocess.run(
+        [sys.executable, "-m", "e2e.demo", "--fast"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "demo OK" in output
+    rows = [line for line in result.stdout.splitlines() if line.startswith("+")]
+    events = [row.split()[1] for row in rows]
+    assert events[0] == "train" and events[-1] == "drill", rows
+    assert rows[-1].rstrip().endswith("rolled_back"), rows
+    assert "/metrics was served at http://127.0.0.1:" in output
