@@ -70,6 +70,7 @@ class PlacementSim:
         if not self.available.any():
             raise ValueError("every node is masked out")
         self.slots = slots_per_node
+        self._placement: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         # Arrival rate is set by the whole cluster's capacity, masked nodes included: a policy
         # that cannot use new nodes faces the load they were added for.
         self.rate = self.workload.load * self.cpu.sum() / self.workload.mean_cpu_seconds()
@@ -129,6 +130,7 @@ class PlacementSim:
         self.used_cpu = np.zeros((self.batch, self.size))
         self.used_memory = np.zeros((self.batch, self.size))
         self.step_index = 0
+        self._placement = None
         self._draw_tasks(self.seeds)
         return self._observe()
 
@@ -142,7 +144,16 @@ class PlacementSim:
         return self.task_cpu[:, i], self.task_memory[:, i], self.task_duration[:, i]
 
     def placement(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(cost_ms, fits, cpu utilisation after) of placing the current task on each node."""
+        """(cost_ms, fits, cpu utilisation after) of placing the current task on each node.
+
+        Computed once per decision: the observation, the step and the heuristics all ask for it
+        while the state stands still. Callers must not modify the returned arrays.
+        """
+        if self._placement is None:
+            self._placement = self._compute_placement()
+        return self._placement
+
+    def _compute_placement(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cpu, memory, _ = self.current_task()
         cpu_after = (self.used_cpu + cpu[:, None]) / self.cpu
         memory_after = (self.used_memory + memory[:, None]) / self.memory
@@ -177,6 +188,7 @@ class PlacementSim:
             self.used_cpu[placed, nodes] += cpu[placed]
             self.used_memory[placed, nodes] += memory[placed]
         self.step_index += 1
+        self._placement = None
         done = self.step_index >= self.workload.episode_tasks
         if done:
             self.step_index -= 1  # keep `now` valid; callers reset after done
@@ -198,7 +210,7 @@ class PlacementSim:
     # ----- observation ------------------------------------------------------------------------
     def _observe(self) -> Observation:
         cost, fits, cpu_after = self.placement()
-        fits &= self.available
+        fits = fits & self.available
         cpu, memory, duration = self.current_task()
         soon = (self.held_cpu * (self.end <= self.now[:, None, None] + FREEING_HORIZON_S)).sum(-1)
         capacity = self.cpu[self.available].sum()

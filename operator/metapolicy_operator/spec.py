@@ -80,10 +80,15 @@ def with_defaults(spec: Mapping | None, defaults: Mapping = DEFAULTS) -> dict:
     return merged
 
 
-def _number(spec: Mapping, path: str, low: float, high: float, integer: bool = False) -> Any:
+def _at(spec: Mapping, path: str) -> Any:
     value: Any = spec
     for part in path.split("."):
         value = value[part]
+    return value
+
+
+def _number(spec: Mapping, path: str, low: float, high: float, integer: bool = False) -> Any:
+    value = _at(spec, path)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidSpec(f"spec.{path}={value!r} is not a number")
     if integer and value != int(value):
@@ -94,9 +99,7 @@ def _number(spec: Mapping, path: str, low: float, high: float, integer: bool = F
 
 
 def _choice(spec: Mapping, path: str, options) -> str:
-    value: Any = spec
-    for part in path.split("."):
-        value = value[part]
+    value = _at(spec, path)
     if value not in options:
         raise InvalidSpec(f"spec.{path}={value!r} is not one of {', '.join(options)}")
     return value
