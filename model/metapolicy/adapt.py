@@ -26,7 +26,8 @@ from metapolicy.evaluation import (
     retention,
 )
 from metapolicy.policy import SlotPolicy
-from metapolicy.ppo import Freeze, PPOSettings, train
+from metapolicy.ppo import Freeze, PPOSettings, TrainStats, train
+from metapolicy.selection import BestWeights
 from metapolicy.strategies import changed_slots, choose_strategy, resize
 from metapolicy.workload import WorkloadSpec
 
@@ -41,6 +42,8 @@ class AdaptationSettings:
     rollback: bool = True  # False: a candidate that fails validation is promoted anyway
     max_nodes: int = 20
     distill_steps: int = 8192
+    select_episodes: int = 16  # 0: keep the last fine-tuned weights instead of the best
+    select_every: int = 2  # updates between two scorings of the weights
     seed: int = 0
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
 
@@ -63,7 +66,10 @@ class AdaptationResult:
     outcome: str  # "promoted" | "rolled_back"
     reason: str
     timings: dict[str, float] = field(default_factory=dict)
+    selected_steps: int | None = None  # fine-tune step count of the kept weights
     candidate: SlotPolicy | None = field(default=None, repr=False)
+    # (steps, training seconds, mean return on the selection seeds) during fine-tuning
+    curve: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
 
     @property
     def promoted(self) -> bool:
@@ -72,7 +78,7 @@ class AdaptationResult:
     def to_dict(self) -> dict:
         """JSON-friendly record (without the candidate network)."""
         data = asdict(self)
-        del data["candidate"]
+        del data["candidate"], data["curve"]
         data["retention_interval"] = list(self.retention_interval)
         return data
 
@@ -145,6 +151,35 @@ def rollback_drill(candidate: SlotPolicy) -> None:
         candidate.cost_weight.fill_(100.0)
 
 
+def fine_tune(
+    candidate: SlotPolicy,
+    nodes: Sequence[NodeProfile],
+    s: AdaptationSettings,
+    progress: Callable[[str, float], None],
+    timings: dict[str, float],
+) -> BestWeights | None:
+    """PPO on the new cluster, keeping the best weights seen (the resized start included)."""
+    start = time.perf_counter()
+    best = (
+        BestWeights(candidate, nodes, s.workload, s.select_episodes, s.select_every)
+        if s.select_episodes
+        else None
+    )
+
+    def on_update(stats: TrainStats) -> None:
+        if best is not None:
+            best(stats)
+        progress("fine_tune", 0.1 + 0.7 * stats.steps / max(1, s.budget_steps))
+
+    settings = PPOSettings.fine_tune(s.budget_steps, s.freeze, s.seed)
+    stats = train(candidate, nodes, s.workload, settings, on_update)
+    if best is not None:
+        best.restore(stats)
+        timings["select"] = best.seconds
+    timings["fine_tune"] = time.perf_counter() - start - timings.get("select", 0.0)
+    return best
+
+
 def adapt(
     backup: SlotPolicy,
     new_nodes: Sequence[NodeProfile],
@@ -185,16 +220,8 @@ def adapt(
             DistillSettings(steps=s.distill_steps, seed=s.seed),
         )
         lap("distill")
-    if s.budget_steps > 0:
-        total = max(1, s.budget_steps)
-        train(
-            candidate,
-            new_nodes,
-            s.workload,
-            PPOSettings.fine_tune(s.budget_steps, s.freeze, s.seed),
-            on_update=lambda st: progress("fine_tune", 0.1 + 0.7 * st.steps / total),
-        )
-        lap("fine_tune")
+    best = fine_tune(candidate, new_nodes, s, progress, timings) if s.budget_steps > 0 else None
+    clock = time.perf_counter()
     if perturb is not None:
         perturb(candidate)
     progress("validate", 0.8)
@@ -218,5 +245,7 @@ def adapt(
         outcome=outcome,
         reason=reason,
         timings=timings,
+        selected_steps=None if best is None else best.best_steps,
         candidate=candidate,
+        curve=[] if best is None else best.curve,
     )

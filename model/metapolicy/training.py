@@ -9,6 +9,7 @@ from metapolicy.cluster import NodeProfile, check_node_set
 from metapolicy.evaluation import episode_returns, evaluation_seeds, reference
 from metapolicy.policy import SlotPolicy, make_policy
 from metapolicy.ppo import PPOSettings, TrainStats, train
+from metapolicy.selection import BestWeights
 from metapolicy.workload import WorkloadSpec
 
 
@@ -19,6 +20,8 @@ class TrainingSettings:
     steps: int = 300_000
     seed: int = 0
     episodes: int = 16  # evaluation episodes for the reported score
+    select_episodes: int = 16  # 0: keep the last weights instead of the best scored
+    select_every: int = 8  # updates between two scorings of the weights
     max_nodes: int = 20
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
 
@@ -30,6 +33,8 @@ class TrainingResult:
     best_heuristic: str
     seconds: float
     steps: int
+    # (steps, training seconds, mean return on the selection seeds); empty without selection
+    curve: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
 
 
 def train_initial(
@@ -41,12 +46,23 @@ def train_initial(
     nodes = check_node_set(nodes, s.max_nodes)
     policy = make_policy(s.architecture, nodes, s.hidden, s.seed)
 
+    best = (
+        BestWeights(policy, nodes, s.workload, s.select_episodes, s.select_every)
+        if s.select_episodes
+        else None
+    )
+
     def report(stats: TrainStats) -> None:
+        if best is not None:
+            best(stats)
         if on_progress is not None:
             on_progress(min(1.0, stats.steps / s.steps))
 
     stats = train(policy, nodes, s.workload, PPOSettings(steps=s.steps, seed=s.seed), report)
+    if best is not None:
+        best.restore(stats)
     seeds = evaluation_seeds(s.episodes)
     ref = reference(nodes, s.workload, seeds)
     score = ref.score(episode_returns(policy.agent(), nodes, s.workload, seeds))
-    return TrainingResult(policy, score, ref.best, stats.seconds, stats.steps)
+    curve = [] if best is None else best.curve
+    return TrainingResult(policy, score, ref.best, stats.seconds, stats.steps, curve)

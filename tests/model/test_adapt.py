@@ -62,7 +62,7 @@ def test_fine_tune_and_distillation_stages_are_timed(policy, workload):
     )
     result = adapt(policy, resize_cluster(policy.nodes, 2), settings)
     assert result.strategy == "knowledge_distillation"
-    assert set(result.timings) == {"resize", "distill", "fine_tune", "validate"}
+    assert set(result.timings) == {"resize", "distill", "fine_tune", "select", "validate"}
     assert result.adaptation_time >= sum(result.timings.values()) * 0.99
     record = result.to_dict()
     assert "candidate" not in record and record["added"] == ["node-06", "node-07"]
