@@ -153,6 +153,15 @@ class SlotPolicy(nn.Module):
         return lambda sim, obs: self.act(obs, sim.names, deterministic, generator)
 
 
+def _concat_linear(layer: nn.Linear, per_node: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """`layer(cat([per_node, shared broadcast over nodes], -1))` without the concatenation:
+    the shared half is applied once per row instead of once per node (same function, about
+    half the FLOPs of the node-set forward pass)."""
+    k = per_node.shape[-1]
+    shared_part = shared @ layer.weight[:, k:].T + layer.bias
+    return per_node @ layer.weight[:, :k].T + shared_part[:, None]
+
+
 class NodeSetPolicy(SlotPolicy):
     """Shared per-node encoder + pooled cross-node context + per-node logits.
 
@@ -177,14 +186,13 @@ class NodeSetPolicy(SlotPolicy):
         return [SlotTensor("slot_table", axis=0)]
 
     def _forward(self, nodes, task, mask):
-        per_node = torch.cat([nodes, task[:, None].expand(-1, nodes.shape[1], -1)], -1)
-        h = torch.tanh(self.encode_in(per_node) + self.slot_table)
+        h = torch.tanh(_concat_linear(self.encode_in, nodes, task) + self.slot_table)
         h = torch.tanh(self.encode_out(h))
         weight = mask[..., None].float()
         mean = (h * weight).sum(1) / weight.sum(1).clamp(min=1)
         peak = h.masked_fill(~mask[..., None], -2.0).max(1).values  # tanh > -1: -2 never wins
         context = torch.cat([mean, peak], -1)
-        logits = self.decide(torch.cat([h, context[:, None].expand(-1, h.shape[1], -1)], -1))
+        logits = self.decide[1:](_concat_linear(self.decide[0], h, context))
         value = self.value_head(torch.cat([context, task], -1))
         return logits[..., 0], value[..., 0]
 
