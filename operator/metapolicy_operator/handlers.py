@@ -73,6 +73,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_: A
         pool=jobs.make_pool(config.workers),
         workers=asyncio.Semaphore(config.workers),
     )
+    # The kubernetes client imports an API class (and builds the pydantic models it uses) on
+    # first access: about 1 s of CPU for CoreV1Api, which in the first reconcile stalled the
+    # event loop (watches, /metrics). Pay it now, before anything is served or watched.
+    for api in ("CoreV1Api", "CustomObjectsApi"):
+        getattr(kubernetes.client, api)
     server = await serve(
         runtime.metrics, config.metrics_port, lambda: (True, "ok"), config.metrics_host
     )
