@@ -1,0 +1,306 @@
+"""Operator reaction time: from a Node write to the MetaPolicy serving the new node set.
+
+`metapolicy run` and the KMock API server run as separate processes (the e2e harness). One
+MetaPolicy selects 20 heterogeneous nodes (the simulator's tiers: cpu, memory and the latency
+annotation), hidden 64, with the CRD's default adaptation budget (50000 steps), freeze and
+strategy (auto), and a short settle window. Validation runs in full but may not roll back
+(`minRetention` 0.5, `rollback.enabled: false`), so that every adaptation promotes.
+After the initial training is Ready, R single-node changes alternate a delete and an add
+(20 -> 19 -> 20 ...; 21 would exceed the default maxNodes 20). For each change:
+
+* reaction = t1 - t0: t0 when the API write returned, t1 when the polled status shows a new
+  history record for the new node set (phase Ready, status.nodes = the new set);
+* pipeline = that record's `adaptationTime` (resize + fine-tune + validation in the worker);
+* overhead = reaction - settleSeconds - pipeline: what the operator adds around the ML work
+  (event delivery, reconcile reads, checkpoint transfer, store writes, status patches), plus
+  the status poll interval (50 ms);
+* detect = first `phase: Adapting` seen - t0 - settleSeconds (part of the overhead).
+
+The initial training budget is demo-sized on purpose: reaction measures the adaptation path,
+not the quality of the policy. Target (the issue): operator reaction p95 within 2 s of the
+pipeline p95, i.e. reaction - settle - pipeline <= 2 s at p95, with the pipeline p95 <= 10 s
+at N=20, hidden 64, default budget.
+
+    python -m benchmarks.reaction [--quick] --out benchmarks/results/reaction
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import machine_info, write_json
+from benchmarks.embedded import (
+    apply_policy,
+    check_checkpoint,
+    eligible,
+    in_sync,
+    live_nodes,
+    log_findings,
+    log_note,
+    node_spec,
+    provenance,
+    provenance_note,
+    read_status,
+    running,
+    scrape,
+    selector,
+    stats,
+)
+from e2e.cluster import Environment
+from e2e.nodes import Nodes
+from e2e.wait import E2EFailure, poll
+from metapolicy.cluster import sample_nodes
+from metapolicy_operator.planning import node_set_hash
+
+SCENARIO = "bench-reaction"
+POLICY = "bench-reaction"
+PREFIX = "rx"
+STATUS_POLL = 0.05
+
+
+def policy_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """CRD defaults everywhere except the training budget, the settle window and validation,
+    which runs in full (its time is part of the pipeline) but may not roll back: a rollback
+    leaves the old node set serving, and there would be no reaction to time. (With the
+    default budget, the masked-mode check once rejected a one-node removal on all three
+    attempts, with identical candidates each time.)"""
+    return {
+        "nodeSelector": selector(SCENARIO),
+        "hiddenSize": args.hidden,
+        "training": {"budgetSteps": args.train_steps, "seed": args.seed},
+        "adaptation": {"settleSeconds": args.settle},
+        "validation": {"minRetention": args.min_retention, "rollback": {"enabled": False}},
+    }
+
+
+def wait_quiet(env: Environment, expected: list[str], timeout: float) -> dict[str, Any]:
+    """Ready, in sync by the operator's own gauge, and the eligible count reported: the
+    operator has re-read the node set after its last adaptation, so the next change is news."""
+
+    def quiet() -> dict[str, Any] | None:
+        status = read_status(env.kube, POLICY)
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        if conditions.get("Degraded", {}).get("reason") == "AdaptationFailing":
+            raise E2EFailure(f"{POLICY} gave up on its node set: {status.get('message')}")
+        ok = (
+            status.get("phase") == "Ready"
+            and sorted(status.get("nodes") or []) == sorted(expected)
+            and status.get("eligibleNodes") == len(expected)
+            and in_sync(scrape(env.operator.metrics_url), POLICY)
+        )
+        return status if ok else None
+
+    what = f"{POLICY} to be Ready and in sync on {len(expected)} nodes"
+    return poll(
+        quiet, timeout, what, interval=0.2, describe=lambda: str(read_status(env.kube, POLICY))
+    )
+
+
+def change(nodes: Nodes, current: list[str], index: int, rng, seed: int) -> tuple[str, str]:
+    """One node change: even runs delete a random node, odd runs add a fresh one."""
+    if index % 2 == 0:
+        name = str(rng.choice(sorted(current)))
+        nodes.delete(name, wait=False)
+        return "delete", name
+    start = 1 + max(int(n.rsplit("-", 1)[1]) for n in current)
+    profile = sample_nodes(1, seed, start=start, prefix=PREFIX)[0]
+    nodes.add(node_spec(profile))
+    return "add", profile.name
+
+
+def measure_one(env: Environment, nodes: Nodes, current: list[str], index: int, rng, args):
+    """One change, timed from the write's return to the new record in status."""
+    before = len(read_status(env.kube, POLICY).get("history") or [])
+    kind, name = change(nodes, current, index, rng, args.seed)
+    t0 = time.monotonic()
+    expected = sorted(set(current) - {name}) if kind == "delete" else sorted([*current, name])
+    target = node_set_hash(expected)
+    seen: dict[str, float] = {}
+
+    def arrived() -> dict[str, Any] | None:
+        status = read_status(env.kube, POLICY)
+        if status.get("phase") == "Adapting" and "adapting" not in seen:
+            seen["adapting"] = time.monotonic()
+        history = status.get("history") or []
+        if len(history) > before and history[-1].get("nodeSetHash") == target:
+            return status
+        return None
+
+    what = f"a record for the node set after {kind} {name}"
+    status = poll(arrived, args.timeout, what, interval=STATUS_POLL)
+    t1 = time.monotonic()
+    record = status["history"][-1]
+    reaction = t1 - t0
+    pipeline = float(record.get("adaptationTime", float("nan")))
+    adapting = seen.get("adapting")
+    return expected, {
+        "run": index + 1,
+        "change": kind,
+        "node": name,
+        "nodes_after": len(expected),
+        "strategy": record.get("strategy"),
+        "outcome": record.get("outcome"),
+        "validation_passed": not record.get("reason", "").startswith("validation failed"),
+        "reason": record.get("reason"),
+        "retention": record.get("performanceRetention"),
+        "phase": status.get("phase"),
+        "status_nodes_match": sorted(status.get("nodes") or []) == expected,
+        "reaction_s": reaction,
+        "reaction_minus_settle_s": reaction - args.settle,
+        "pipeline_s": pipeline,
+        "overhead_s": reaction - args.settle - pipeline,
+        "detect_s": None if adapting is None else adapting - t0 - args.settle,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rng = np.random.default_rng(args.seed)
+    with running(args.workers, args.keep_logs) as env:
+        nodes = Nodes(env.kube, SCENARIO)
+        for profile in sample_nodes(args.nodes, args.seed, prefix=PREFIX):
+            nodes.add(node_spec(profile))
+        started = time.monotonic()
+        apply_policy(env.kube, POLICY, policy_spec(args))
+        current = sorted(eligible(live_nodes(env.kube), selector(SCENARIO)))
+        status = wait_quiet(env, current, args.timeout)
+        train = status["history"][-1]
+        ready = time.monotonic() - started
+        print(f"initial training on {len(current)} nodes: Ready after {ready:.1f}s", flush=True)
+        runs = []
+        for index in range(args.repeats):
+            current, row = measure_one(env, nodes, current, index, rng, args)
+            runs.append(row)
+            print(
+                f"  run {row['run']}: {row['change']} {row['node']} -> {row['outcome']}, "
+                f"reaction {row['reaction_s']:.2f}s, pipeline {row['pipeline_s']:.2f}s, "
+                f"overhead {row['overhead_s']:.2f}s",
+                flush=True,
+            )
+            status = wait_quiet(env, current, args.timeout)
+        checkpoint = check_checkpoint(env.kube, POLICY, status, current)
+        findings = log_findings(env.operator.log_tail(10_000_000))
+        exit_code = env.operator.stop()
+    return {
+        "runs": runs,
+        "initial_training": {k: train.get(k) for k in ("adaptationTime", "candidateScore")},
+        "final_checkpoint": checkpoint,
+        "operator_log": findings,
+        "operator_exit_code": exit_code,
+    }
+
+
+def summarise(runs: list[dict], settle: float) -> dict[str, Any]:
+    keys = ("reaction_s", "reaction_minus_settle_s", "pipeline_s", "overhead_s", "detect_s")
+    summary = {k: stats([r[k] for r in runs if r[k] is not None]) for k in keys}
+    overhead_p95 = summary["overhead_s"]["p95"]
+    gap = summary["reaction_minus_settle_s"]["p95"] - summary["pipeline_s"]["p95"]
+    summary["targets"] = {
+        "overhead_p95_le_2s": overhead_p95 <= 2.0,
+        "reaction_minus_settle_p95_minus_pipeline_p95_s": gap,
+        "reaction_p95_within_2s_of_pipeline_p95": gap <= 2.0,
+        "pipeline_p95_le_10s": summary["pipeline_s"]["p95"] <= 10.0,
+        "all_promoted": all(r["outcome"] == "promoted" for r in runs),
+    }
+    return summary
+
+
+def table(runs: list[dict], summary: dict, args: argparse.Namespace) -> str:
+    def f(x) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    lines = [
+        "| run | change | nodes | strategy | validation | reaction s | − settle s | pipeline s "
+        "| overhead s | detect s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['run']} | {r['change']} {r['node']} | {r['nodes_after']} | {r['strategy']} "
+            f"| {'passed' if r['validation_passed'] else 'failed (kept: no rollback)'} "
+            f"| {f(r['reaction_s'])} | {f(r['reaction_minus_settle_s'])} "
+            f"| {f(r['pipeline_s'])} | {f(r['overhead_s'])} | {f(r['detect_s'])} |"
+        )
+    lines += ["", "| measure | p50 s | p95 s | max s |", "|---|---|---|---|"]
+    names = {
+        "reaction_s": "reaction",
+        "reaction_minus_settle_s": f"reaction − settle ({args.settle:g} s)",
+        "pipeline_s": "pipeline (record adaptationTime)",
+        "overhead_s": "overhead = reaction − settle − pipeline",
+        "detect_s": "detect = first Adapting − t0 − settle",
+    }
+    for key, name in names.items():
+        s = summary[key]
+        lines.append(f"| {name} | {f(s['p50'])} | {f(s['p95'])} | {f(s['max'])} |")
+    t = summary["targets"]
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    lines += [
+        "",
+        "| target | value | verdict |",
+        "|---|---|---|",
+        f"| reaction − settle − pipeline ≤ 2 s at p95 | {f(summary['overhead_s']['p95'])} s "
+        f"| {verdict(t['overhead_p95_le_2s'])} |",
+        f"| p95(reaction − settle) − p95(pipeline) ≤ 2 s "
+        f"| {f(t['reaction_minus_settle_p95_minus_pipeline_p95_s'])} s "
+        f"| {verdict(t['reaction_p95_within_2s_of_pipeline_p95'])} |",
+        f"| pipeline p95 ≤ 10 s (N=20, hidden {args.hidden}, default budget) "
+        f"| {f(summary['pipeline_s']['p95'])} s | {verdict(t['pipeline_p95_le_10s'])} |",
+    ]
+    return "\n".join(lines)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The report from the JSON alone, so that it can be rebuilt without a rerun."""
+    args = argparse.Namespace(**data["args"])
+    header = (
+        f"# Operator reaction time (N={args.nodes}, hidden {args.hidden}, default adaptation "
+        f"budget and strategy, settleSeconds {args.settle})\n\n"
+        f"`metapolicy run` (--workers {args.workers}) against the embedded KMock API server, "
+        f"as processes. {args.repeats} single-node changes after an initial training of "
+        f"{args.train_steps} steps (demo-sized: this measures the adaptation path, not policy "
+        f"quality), minRetention {args.min_retention}, validation without rollback (it still "
+        "runs, and its time counts) so that every change is served. Status polled every "
+        f"{STATUS_POLL * 1000:.0f} ms. {provenance_note(data)}\n\n"
+    )
+    body = table(data["runs"], data["summary"], args)
+    return f"{header}{body}\n\n{log_note(data['operator_log'])}\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="4 changes, smaller initial train")
+    parser.add_argument("--repeats", type=int, help="node changes (default 8, --quick 4)")
+    parser.add_argument("--nodes", type=int, default=20)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, help="initial training (100000, --quick 20000)")
+    parser.add_argument("--settle", type=int, default=2, help="spec.adaptation.settleSeconds")
+    parser.add_argument("--min-retention", type=float, default=0.5)
+    parser.add_argument("--workers", type=int, default=1, help="operator --workers")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=600.0, help="bound of every wait (s)")
+    parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/reaction")
+    args = parser.parse_args()
+    args.repeats = args.repeats or (4 if args.quick else 8)
+    args.train_steps = args.train_steps or (20_000 if args.quick else 100_000)
+    started, load = time.monotonic(), os.getloadavg()
+    result = run(args)
+    data = {"args": vars(args), "machine": machine_info()}
+    data |= provenance(time.monotonic() - started, load)
+    data |= {"policy_spec": policy_spec(args), "summary": summarise(result["runs"], args.settle)}
+    write_json(f"{args.out}.json", data | result)
+    text = markdown(data | result)
+    Path(f"{args.out}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
