@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from metapolicy_operator.config import OperatorConfig
 from metapolicy_operator.configmap_store import ConfigMapStore
 from metapolicy_operator.inventory import NodeIssue, SelectorError, eligible_profiles
 from metapolicy_operator.metrics import Metrics
-from metapolicy_operator.planning import Plan, node_set_hash, plan
+from metapolicy_operator.planning import Plan, attempt_settings, node_set_hash, plan
 from metapolicy_operator.spec import InvalidSpec, PolicySpec, parse_spec
 from metapolicy_operator.status import (
     adaptation_record,
@@ -228,7 +228,7 @@ class PolicyController:
         )
         await self.begin(p, detail)
         weights = safetensors.torch.save({k: v.contiguous() for k, v in backup.tensors.items()})
-        settings = replace(spec.adaptation, strategy=p.strategy)
+        settings = attempt_settings(spec.adaptation, p)
         try:
             result = await self.runtime.run_job(
                 jobs.adapt_job,

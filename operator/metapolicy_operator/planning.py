@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from metapolicy.adapt import AdaptationSettings
 from metapolicy.strategies import check_strategy, choose_strategy, escalate
 from metapolicy_operator.spec import PolicySpec
 
@@ -27,6 +28,17 @@ class Plan:
     trigger: str = "nodes"  # "nodes" | "manual" | "retry"
     drill: bool = False
     retry_in: float | None = None  # seconds until the next attempt is due ("wait")
+
+
+def attempt_settings(adaptation: AdaptationSettings, plan: Plan) -> AdaptationSettings:
+    """The plan's strategy, and a seed of its own for each retry.
+
+    Escalating is not always a change: with no node added, or none in common, every strategy
+    builds the same candidate, and a retry with the same seed repeated the same fine-tune and
+    the same rollback. Validation episodes do not depend on the seed, so attempts stay
+    comparable.
+    """
+    return replace(adaptation, strategy=plan.strategy, seed=adaptation.seed + plan.attempt - 1)
 
 
 def node_set_hash(names: Sequence[str]) -> str:
