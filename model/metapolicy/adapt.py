@@ -26,8 +26,8 @@ from metapolicy.evaluation import (
     retention,
 )
 from metapolicy.policy import SlotPolicy
-from metapolicy.ppo import Freeze, PPOSettings, TrainStats, train
-from metapolicy.selection import BestWeights
+from metapolicy.ppo import Freeze, PPOSettings
+from metapolicy.selection import BestWeights, train_keeping_best
 from metapolicy.strategies import changed_slots, choose_strategy, resize
 from metapolicy.workload import WorkloadSpec
 
@@ -160,21 +160,16 @@ def fine_tune(
 ) -> BestWeights | None:
     """PPO on the new cluster, keeping the best weights seen (the resized start included)."""
     start = time.perf_counter()
-    best = (
-        BestWeights(candidate, nodes, s.workload, s.select_episodes, s.select_every)
-        if s.select_episodes
-        else None
+    _, best = train_keeping_best(
+        candidate,
+        nodes,
+        s.workload,
+        PPOSettings.fine_tune(s.budget_steps, s.freeze, s.seed),
+        s.select_episodes,
+        s.select_every,
+        lambda stats: progress("fine_tune", 0.1 + 0.7 * stats.steps / max(1, s.budget_steps)),
     )
-
-    def on_update(stats: TrainStats) -> None:
-        if best is not None:
-            best(stats)
-        progress("fine_tune", 0.1 + 0.7 * stats.steps / max(1, s.budget_steps))
-
-    settings = PPOSettings.fine_tune(s.budget_steps, s.freeze, s.seed)
-    stats = train(candidate, nodes, s.workload, settings, on_update)
     if best is not None:
-        best.restore(stats)
         timings["select"] = best.seconds
     timings["fine_tune"] = time.perf_counter() - start - timings.get("select", 0.0)
     return best

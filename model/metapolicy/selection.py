@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from metapolicy.cluster import NodeProfile
 from metapolicy.evaluation import episode_returns, evaluation_seeds
 from metapolicy.policy import SlotPolicy
-from metapolicy.ppo import TrainStats
+from metapolicy.ppo import PPOSettings, TrainStats, train
 from metapolicy.workload import WorkloadSpec
 
 SELECTION_SEED_BASE = 20_000  # validation uses 10_000 + i, training episodes small integers
@@ -76,3 +76,27 @@ class BestWeights:
             self.consider(final)
         self.policy.load_state_dict(self._state)
         return self.best_steps
+
+
+def train_keeping_best(
+    policy: SlotPolicy,
+    nodes: Sequence[NodeProfile],
+    workload: WorkloadSpec | None,
+    settings: PPOSettings,
+    episodes: int,
+    every: int,
+    on_update: Callable[[TrainStats], None] | None = None,
+) -> tuple[TrainStats, BestWeights | None]:
+    """`ppo.train`, then the best weights seen loaded back; `episodes=0` keeps the last ones."""
+    best = BestWeights(policy, nodes, workload, episodes, every) if episodes else None
+
+    def hook(stats: TrainStats) -> None:
+        if best is not None:
+            best(stats)
+        if on_update is not None:
+            on_update(stats)
+
+    stats = train(policy, nodes, workload, settings, hook)
+    if best is not None:
+        best.restore(stats)
+    return stats, best

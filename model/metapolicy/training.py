@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from metapolicy.cluster import NodeProfile, check_node_set
 from metapolicy.evaluation import episode_returns, evaluation_seeds, reference
 from metapolicy.policy import SlotPolicy, make_policy
-from metapolicy.ppo import PPOSettings, TrainStats, train
-from metapolicy.selection import BestWeights
+from metapolicy.ppo import PPOSettings
+from metapolicy.selection import train_keeping_best
 from metapolicy.workload import WorkloadSpec
 
 
@@ -46,21 +46,15 @@ def train_initial(
     nodes = check_node_set(nodes, s.max_nodes)
     policy = make_policy(s.architecture, nodes, s.hidden, s.seed)
 
-    best = (
-        BestWeights(policy, nodes, s.workload, s.select_episodes, s.select_every)
-        if s.select_episodes
-        else None
+    stats, best = train_keeping_best(
+        policy,
+        nodes,
+        s.workload,
+        PPOSettings(steps=s.steps, seed=s.seed),
+        s.select_episodes,
+        s.select_every,
+        None if on_progress is None else lambda st: on_progress(min(1.0, st.steps / s.steps)),
     )
-
-    def report(stats: TrainStats) -> None:
-        if best is not None:
-            best(stats)
-        if on_progress is not None:
-            on_progress(min(1.0, stats.steps / s.steps))
-
-    stats = train(policy, nodes, s.workload, PPOSettings(steps=s.steps, seed=s.seed), report)
-    if best is not None:
-        best.restore(stats)
     seeds = evaluation_seeds(s.episodes)
     ref = reference(nodes, s.workload, seeds)
     score = ref.score(episode_returns(policy.agent(), nodes, s.workload, seeds))
