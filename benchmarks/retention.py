@@ -3,8 +3,8 @@ grid of cluster changes, zero-shot and after the default fine-tune budget, next 
 from scratch on the new cluster; with learning curves, so "how many environment steps until
 95% of the pre-resize S" can be compared for adapted and scratch.
 
-    python -m benchmarks.retention            # every strategy, scratch curves to 300k steps
-    python -m benchmarks.retention --quick    # auto strategy, 4 of the 8 changes, scratch to 100k
+    python -m benchmarks.retention            # every strategy and change, scratch to 100k steps
+    python -m benchmarks.retention --quick    # the auto strategy on 4 of the 8 changes
 
 Writes <out>.json (raw numbers, curves, machine, seeds, git revision), <out>.md (tables) and
 <out>-retention.png, <out>-curves.png.
@@ -265,7 +265,7 @@ def main() -> None:
     args = parser.parse_args()
     args.every_strategy = not args.quick
     args.deltas = args.deltas or list(QUICK_DELTAS if args.quick else DELTAS)
-    args.scratch_steps = args.scratch_steps or (100_000 if args.quick else 300_000)
+    args.scratch_steps = args.scratch_steps or 100_000
     args.budget = AdaptationSettings().budget_steps
     jobs = [(arch, seed) for arch in args.archs for seed in args.seeds]
     start = time.perf_counter()
