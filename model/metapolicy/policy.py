@@ -157,6 +157,9 @@ def _concat_linear(layer: nn.Linear, per_node: torch.Tensor, shared: torch.Tenso
     """`layer(cat([per_node, shared broadcast over nodes], -1))` without the concatenation:
     the shared half is applied once per row instead of once per node (same function, about
     half the FLOPs of the node-set forward pass)."""
+    if not isinstance(layer.weight, torch.Tensor):  # int8-quantised: weights cannot be split
+        expanded = shared[:, None].expand(-1, per_node.shape[1], -1)
+        return layer(torch.cat([per_node, expanded], -1))
     k = per_node.shape[-1]
     shared_part = shared @ layer.weight[:, k:].T + layer.bias
     return per_node @ layer.weight[:, :k].T + shared_part[:, None]

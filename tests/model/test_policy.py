@@ -40,3 +40,15 @@ def test_same_seed_same_initial_weights(nodes):
     a, b = make_policy("node-set", nodes, 16, seed=4), make_policy("node-set", nodes, 16, seed=4)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
+
+
+def test_int8_dynamic_quantisation_keeps_the_decisions_close(scrambled, workload):
+    """The decision benchmark quantises the policy; node-set's split layers must survive it."""
+    quantised = torch.ao.quantization.quantize_dynamic(scrambled, {torch.nn.Linear}, torch.qint8)
+    sim = PlacementSim(scrambled.nodes, workload, batch=64)
+    obs = sim.reset(list(range(64)))
+    with torch.no_grad():
+        exact, _ = scrambled(*scrambled.view(obs, sim.names))
+        approx, _ = quantised(*quantised.view(obs, sim.names))
+    agree = (exact.argmax(-1) == approx.argmax(-1)).float().mean().item()
+    assert agree >= 0.9, agree
