@@ -35,11 +35,15 @@ demo: install            # embedded cluster + operator as processes, a scenario,
 demo-offline: install    # the same pipeline without Kubernetes
 	$(VENV)/bin/metapolicy demo
 
-bench: install          # initial training, both architectures, 3 seeds (~8 min on 2 cores)
-	$(PY) -m benchmarks.training
+BENCHMARKS := retention latency reaction storm decision
 
-bench-full: install     # the retention grid: every strategy, both architectures (~55 min)
-	$(PY) -m benchmarks.retention
+bench: install          # every benchmark, quick versions (README's tables; under 15 min on 2 cores)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	for b in $(BENCHMARKS); do $(PY) -m benchmarks.$$b --quick || exit 1; done
+
+bench-full: install     # every benchmark in full: all strategies, more repeats (over an hour)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	for b in $(BENCHMARKS); do $(PY) -m benchmarks.$$b --out benchmarks/results/full/$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
