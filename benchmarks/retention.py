@@ -4,7 +4,7 @@ from scratch on the new cluster; with learning curves, so "how many environment 
 95% of the pre-resize S" can be compared for adapted and scratch.
 
     python -m benchmarks.retention            # every strategy and change, scratch to 100k steps
-    python -m benchmarks.retention --quick    # the auto strategy on 4 of the 8 changes
+    python -m benchmarks.retention --quick    # the auto strategy on 3 of the 8 changes
 
 Writes <out>.json (raw numbers, curves, machine, seeds, git revision), <out>.md (tables) and
 <out>-retention.png, <out>-curves.png.
@@ -33,7 +33,7 @@ from metapolicy.strategies import STRATEGIES, choose_strategy, resize
 from metapolicy.training import TrainingSettings, train_initial
 
 DELTAS = (1, 2, 4, 8, 12, -1, -2, -4)
-QUICK_DELTAS = (1, 4, 12, -2)  # small, medium and large growth, and two middle slots leaving
+QUICK_DELTAS = (1, 8, -2)  # one node joins, a big scale-up, two middle slots leave
 EPISODES = 16
 TARGET = 0.95  # of the pre-resize S
 
