@@ -21,6 +21,22 @@ def git_revision() -> str:
         return "unknown"
 
 
+def uncommitted_changes() -> list[str]:
+    """Files with local edits in the code a benchmark runs: the revision alone does not say
+    what ran."""
+    paths = ["model", "operator", "e2e", "crds", "benchmarks"]
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", *paths],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ["unknown (not a git checkout)"]
+    return [line[3:] for line in out.splitlines()]
+
+
 def machine_info() -> dict:
     return {
         "cpu": platform.processor() or platform.machine(),
@@ -30,6 +46,7 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "numpy": np.__version__,
         "git": git_revision(),
+        "uncommitted": uncommitted_changes(),
     }
 
 

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import uncommitted_changes
 from e2e.cluster import Environment, Kube, environment
 from e2e.nodes import SCENARIO_LABEL
 from metapolicy.checkpoint import policy_from_checkpoint
@@ -60,7 +60,7 @@ def provenance(wall: float, load_at_start: tuple[float, float, float]) -> dict[s
     return {
         "wall_seconds": wall,
         "load_average": {"start": load_at_start, "end": os.getloadavg()},
-        "source_changes": source_changes(),
+        "source_changes": uncommitted_changes(),
     }
 
 
@@ -71,23 +71,9 @@ def provenance_note(p: Mapping[str, Any]) -> str:
         f"start, {load['end'][0]:.1f} at the end, on {os.cpu_count()} cores shared with other work."
     )
     if p["source_changes"]:
-        changed = ", ".join(line[3:] for line in p["source_changes"])
+        changed = ", ".join(p["source_changes"])
         note += f" Uncommitted changes in the code under test: {changed}."
     return note
-
-
-def source_changes() -> list[str]:
-    """Uncommitted changes to the code under test: the git revision alone does not say it all."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--", "model", "operator", "e2e", "crds"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return ["unknown (not a git checkout)"]
-    return out.splitlines()
 
 
 def node_spec(profile: NodeProfile, labels: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -161,17 +160,6 @@ def target_line(rows: list[dict], default_budget: bool) -> str:
     return f"Target {goal}: **{verdict}** (node-set p95 {p95:.1f} s over {row['repeats']} runs)."
 
 
-def uncommitted_model_changes() -> list[str]:
-    """The git revision alone does not say what ran if model code had local edits."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "model"], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return []
-    return [line[3:] for line in out.splitlines()]
-
-
 def jobs(args: argparse.Namespace) -> list[tuple[str, int, int, int, int, int]]:
     configs = [("node-set", n, h) for n in args.nodes for h in args.hidden]
     configs += [("slot-mlp", n, 64) for n in args.slot_mlp_nodes]
@@ -254,7 +242,7 @@ def main() -> None:
     torch.set_num_threads(1)
     todo = jobs(args)
     start = time.perf_counter()
-    machine = machine_info() | {"uncommitted_model_changes": uncommitted_model_changes()}
+    machine = machine_info()
     settings = asdict(AdaptationSettings(budget_steps=args.budget)) | {"max_nodes": "max(20, N+1)"}
 
     def save(runs: list[dict]) -> None:
