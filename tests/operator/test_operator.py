@@ -242,7 +242,9 @@ async def test_invalid_spec_and_malformed_node_data_are_reported(
 async def test_restart_mid_adaptation_converges(api, run_operator, wait_for, operator_env):
     for i in range(3):
         await api.create("/api/v1/nodes", node(f"edge-{i}"))
-    spec = {"adaptation": {"settleSeconds": 0, "budgetSteps": 20_000, "backoffSeconds": 1}}
+    # The fine-tune must outlast the 5 s graceful shutdown below, so the candidate is never
+    # stored (20k steps finished inside the grace once PPO got faster; 100k take far longer).
+    spec = {"adaptation": {"settleSeconds": 0, "budgetSteps": 100_000, "backoffSeconds": 1}}
     await api.create(POLICIES, policy("web", **spec))
     async with run_operator(modules=[MODULE]):
         await ready_with(api, wait_for, "web", 3)
