@@ -37,13 +37,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import os
 import re
 import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,7 +56,6 @@ from benchmarks.embedded import (
     live_nodes,
     log_findings,
     log_note,
-    node_spec,
     provenance,
     provenance_note,
     read_status,
@@ -68,20 +64,14 @@ from benchmarks.embedded import (
     selector,
     stats,
 )
+from benchmarks.probes import ProcSampler, Scraper
+from benchmarks.storm_plan import GROUP_LABEL, KINDS, Group, NodeState, plan
 from e2e.cluster import Environment, Kube
 from e2e.nodes import Nodes
 from e2e.wait import E2EFailure, poll
-from metapolicy.cluster import sample_nodes
 
 SCENARIO = "bench-storm"
-GROUP_LABEL = "bench.metapolicy.dev/group"
 GROUPS = ("a", "b", "c")
-MIN_NODES, MAX_NODES, MIN_ELIGIBLE = 3, 16, 2  # per group; 16 <= the default maxNodes 20
-MAX_TAINTED = 2  # per group: an autoscaler drains a few nodes at a time, then deletes them
-KINDS = ("join", "leave", "taint", "cordon", "ready")
-WEIGHTS = (0.2, 0.2, 0.1, 0.2, 0.3)
-TAINTS = ("cluster-autoscaler", "karpenter", "karpenter-v0")
-RECOVER = 0.6  # chance that a cordon/flap change brings a down node back rather than one down
 SLOW_SCRAPE = 0.5  # seconds: /metrics requests at least this slow are listed with their time
 
 
@@ -105,92 +95,6 @@ def policy_spec(group: str, settle: int) -> dict[str, Any]:
         "validation": {"episodes": 4, "minRetention": 0.5, "rollback": {"enabled": False}},
         "workload": {"episodeTasks": 32},
     }
-
-
-# ----- the storm's plan: a model of each group's nodes ------------------------------------------
-
-
-@dataclass
-class NodeState:
-    ready: bool = True
-    cordoned: bool = False
-    tainted: bool = False
-
-    @property
-    def eligible(self) -> bool:
-        return self.ready and not self.cordoned and not self.tainted
-
-
-@dataclass
-class Group:
-    """What the API will hold for one group once its writes are done (writes are ordered)."""
-
-    name: str
-    seed: int
-    nodes: dict[str, NodeState] = field(default_factory=dict)
-    next_index: int = 0
-
-    def profile(self) -> dict[str, Any]:
-        profile = sample_nodes(1, self.seed, start=self.next_index, prefix=f"st-{self.name}")[0]
-        self.next_index += 1
-        return node_spec(profile, {GROUP_LABEL: self.name})
-
-    def eligible_count(self) -> int:
-        return sum(n.eligible for n in self.nodes.values())
-
-    def may_lose(self, name: str) -> bool:
-        """Whether `name` may become ineligible without leaving too few eligible nodes."""
-        return not self.nodes[name].eligible or self.eligible_count() > MIN_ELIGIBLE
-
-
-def propose(group: Group, kind: str, rng) -> tuple[str, str, Any] | None:
-    """One change of `kind` the group allows now, applied to the model; None if none is."""
-    names = sorted(group.nodes)
-    if kind == "join":
-        if len(names) >= MAX_NODES:
-            return None
-        spec = group.profile()
-        group.nodes[spec["name"]] = NodeState()
-        return "join", spec["name"], spec
-    if kind == "leave":
-        if len(names) <= MIN_NODES:
-            return None
-        tainted = [n for n in names if group.nodes[n].tainted]  # the autoscaler's own order
-        choices = tainted or [n for n in names if group.may_lose(n)]
-        if not choices:
-            return None
-        name = str(rng.choice(choices))
-        del group.nodes[name]
-        return "leave", name, None
-    if kind == "taint":
-        choices = [n for n in names if not group.nodes[n].tainted and group.may_lose(n)]
-        if not choices or sum(group.nodes[n].tainted for n in names) >= MAX_TAINTED:
-            return None
-        name = str(rng.choice(choices))
-        group.nodes[name].tainted = True
-        return "taint", name, str(rng.choice(TAINTS))
-    # Cordons and flaps mostly come back (an uncordon, Ready again) when a node is down.
-    attribute, down = ("cordoned", True) if kind == "cordon" else ("ready", False)
-    downs = [n for n in names if getattr(group.nodes[n], attribute) == down]
-    if downs and rng.random() < RECOVER:
-        name, value = str(rng.choice(downs)), not down
-    else:
-        ups = [n for n in names if getattr(group.nodes[n], attribute) != down]
-        choices = [n for n in ups if group.may_lose(n)]
-        if not choices:
-            return None
-        name, value = str(rng.choice(choices)), down
-    setattr(group.nodes[name], attribute, value)
-    return kind, name, value
-
-
-def plan(group: Group, count: int, rng) -> list[tuple[str, str, Any]]:
-    changes: list[tuple[str, str, Any]] = []
-    while len(changes) < count:
-        change = propose(group, str(rng.choice(KINDS, p=WEIGHTS)), rng)
-        if change is not None:
-            changes.append(change)
-    return changes
 
 
 # ----- firing it ------------------------------------------------------------------------------
@@ -238,158 +142,6 @@ def fire(kubeconfig: Path, changes: list, start: float, duration: float, out: li
             )
     finally:
         kube.close()
-
-
-# ----- watching the operator -----------------------------------------------------------------
-
-
-def _scrape_loop(url: str, interval: float, stop, conn) -> None:
-    samples = []
-    due = time.monotonic()
-    while not stop.is_set():
-        began = time.monotonic()
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                response.read()
-            ok = True
-        except OSError:
-            ok = False
-        samples.append((began, time.monotonic() - began, ok))
-        due += interval
-        stop.wait(max(0.0, due - time.monotonic()))
-    conn.send(samples)
-
-
-class Scraper:
-    """/metrics every `interval` s from a forked process (started before any thread here)."""
-
-    def __init__(self, url: str, interval: float = 0.1) -> None:
-        context = multiprocessing.get_context("fork")
-        self.stop = context.Event()
-        self.receive, send = context.Pipe(duplex=False)
-        self.process = context.Process(
-            target=_scrape_loop, args=(url, interval, self.stop, send), daemon=True
-        )
-        self.process.start()
-
-    def finish(self) -> list[tuple[float, float, bool]]:
-        self.stop.set()
-        samples = self.receive.recv()
-        self.process.join(timeout=10)
-        return samples
-
-
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, utime + stime in seconds) from /proc/<pid>/stat."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _memory_kib(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1])
-    except OSError:
-        pass
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
-    except OSError:
-        return ""
-
-
-class ProcSampler(threading.Thread):
-    """CPU and RSS of the operator, its descendants (workers) and the emulator, from /proc.
-
-    CPU per pid is the largest utime+stime seen, so a worker that exited still counts; a
-    window's CPU is the sum over pids of (value at its end - value at its start)."""
-
-    def __init__(self, roots: dict[str, int], interval: float = 0.2) -> None:
-        super().__init__(name="proc-sampler", daemon=True)
-        self.roots, self.interval = roots, interval
-        self.cpu: dict[int, float] = {}
-        self.role: dict[int, str] = {}
-        self.cmd: dict[int, str] = {}
-        self.peak_rss: dict[int, int] = {}
-        self.hwm: dict[int, int] = {}
-        self.peak_workers_total = 0
-        self.marks: dict[str, dict[int, float]] = {}
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.wait(self.interval):
-            self.sample()
-
-    def sample(self) -> None:
-        parents = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and (stat := _stat(int(entry))) is not None:
-                parents[int(entry)] = stat
-        roles = {pid: role for role, pid in self.roots.items() if pid in parents}
-        frontier = [pid for pid, role in roles.items() if role == "operator"]
-        while frontier:  # descendants of the operator: its worker processes
-            children = [p for p, (ppid, _) in parents.items() if ppid in frontier]
-            roles.update({p: "worker" for p in children})
-            frontier = children
-        workers_total = 0
-        for pid, role in roles.items():
-            self.role[pid] = role
-            self.cmd.setdefault(pid, _cmdline(pid))
-            self.cpu[pid] = max(self.cpu.get(pid, 0.0), parents[pid][1])
-            memory = _memory_kib(pid)
-            self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), memory.get("VmRSS", 0))
-            self.hwm[pid] = max(self.hwm.get(pid, 0), memory.get("VmHWM", 0))
-            workers_total += memory.get("VmRSS", 0) if role == "worker" else 0
-        self.peak_workers_total = max(self.peak_workers_total, workers_total)
-
-    def mark(self, label: str) -> None:
-        self.sample()
-        self.marks[label] = dict(self.cpu)
-
-    def window(self, start: str, end: str) -> dict[str, float]:
-        a, b = self.marks[start], self.marks[end]
-        out: dict[str, float] = {}
-        for pid, value in b.items():
-            role = self.role[pid]
-            out[role] = out.get(role, 0.0) + value - a.get(pid, 0.0)
-        return out
-
-    def report(self) -> dict[str, Any]:
-        def pick(role: str) -> list[int]:
-            return [pid for pid, r in self.role.items() if r == role]
-
-        def mib(kib: int) -> float:
-            return kib / 1024
-
-        operator, workers = pick("operator"), pick("worker")
-        return {
-            "operator_peak_rss_mib": mib(max(self.peak_rss[p] for p in operator)),
-            "operator_vmhwm_mib": mib(max(self.hwm[p] for p in operator)),
-            "worker_peak_rss_mib": mib(max((self.peak_rss[p] for p in workers), default=0)),
-            "worker_vmhwm_mib": mib(max((self.hwm[p] for p in workers), default=0)),
-            "workers_total_peak_rss_mib": mib(self.peak_workers_total),
-            "cpu_total_s": {r: sum(self.cpu[p] for p in pick(r)) for r in set(self.role.values())},
-            "processes": [self.process(p) for p in sorted(self.role)],
-        }
-
-    def process(self, pid: int) -> dict[str, Any]:
-        return {
-            "pid": pid,
-            "role": self.role[pid],
-            "cmd": self.cmd[pid],
-            "cpu_s": self.cpu[pid],
-            "peak_rss_mib": self.peak_rss[pid] / 1024,
-            "vmhwm_mib": self.hwm[pid] / 1024,
-        }
 
 
 # ----- convergence and consistency ------------------------------------------------------------
