@@ -194,6 +194,14 @@ def mean_sd(values) -> str:
     return f"{values.mean():.3f} ± {values.std():.3f}"
 
 
+def training_budgets(args: argparse.Namespace) -> str:
+    steps = {
+        arch: TrainingSettings(architecture=arch, steps=args.train_steps).steps
+        for arch in args.archs
+    }
+    return ", ".join(f"{arch} {n // 1000}k steps" for arch, n in steps.items())
+
+
 def training_table(rows: list[dict]) -> str:
     lines = [
         "| architecture | S trained (mean ± sd) | per seed | untrained S | train time (s) |",
@@ -285,7 +293,7 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=["node-set", "slot-mlp"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--deltas", nargs="+", type=int)
-    parser.add_argument("--train-steps", type=int, default=300_000)
+    parser.add_argument("--train-steps", type=int, help="default: the architecture's default")
     parser.add_argument("--scratch-steps", type=int)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
@@ -314,7 +322,7 @@ def main() -> None:
         f"S and retention on {EPISODES} validation episodes; scratch is a fresh policy trained "
         f"with the adaptation budget ({args.budget // 1000}k steps) on the new cluster, "
         "scored the same way.\n\n"
-        f"## Initial training ({args.train_steps // 1000}k steps)\n\n"
+        f"## Initial training ({training_budgets(args)})\n\n"
         + training_table(data["training"])
         + "\n\n## Retention\n"
         + retention_tables(

@@ -27,7 +27,7 @@ from e2e.report import timeline
 from e2e.wait import E2EFailure
 
 EXAMPLE = "manifests/examples/metapolicy-basic.yaml"
-#: The example leaves budgets at the CRD defaults (training 300000, adaptation 50000 steps),
+#: The example leaves budgets at the defaults (training 300000 for node-set, adaptation 50000),
 #: which take far more than a few minutes on 2 cores.
 DEMO_BUDGETS: dict[str, Any] = {
     "training": {"budgetSteps": 100_000},

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="checkpoint directory")
     p.add_argument("--architecture", choices=["node-set", "slot-mlp"], default="node-set")
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--steps", type=int, default=300_000)
+    p.add_argument("--steps", type=int, help="default: 300000 for node-set, 1000000 for slot-mlp")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 

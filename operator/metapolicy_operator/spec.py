@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "burstLength": 20,
         "episodeTasks": 256,
     },
-    "training": {"budgetSteps": 300_000, "seed": 0},
+    "training": {"seed": 0},  # budgetSteps: by architecture (metapolicy.training.DEFAULT_STEPS)
     "storage": {"backend": "configmap", "keepVersions": 5},
 }
 
@@ -168,7 +168,11 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
         training=TrainingSettings(
             architecture=architecture,
             hidden=hidden,
-            steps=_number(spec, "training.budgetSteps", 1_000, 100_000_000, integer=True),
+            steps=(
+                None
+                if spec["training"].get("budgetSteps") is None
+                else _number(spec, "training.budgetSteps", 1_000, 100_000_000, integer=True)
+            ),
             seed=seed,
             episodes=_number(spec, "validation.episodes", 2, 1_000, integer=True),
             max_nodes=max_nodes,

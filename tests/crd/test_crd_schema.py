@@ -60,7 +60,7 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
         "burstLength": 20,
         "episodeTasks": 256,
     },
-    "training": {"budgetSteps": 300000, "seed": 0},
+    "training": {"seed": 0},  # budgetSteps depends on the architecture
     "storage": {"backend": "configmap", "keepVersions": 5},
 }
 

@@ -44,6 +44,13 @@ def test_empty_spec_gets_every_default():
     assert parsed.storage_backend == "configmap" and parsed.storage_path is None
 
 
+def test_training_budget_defaults_by_architecture():
+    assert parse_spec({"architecture": "slot-mlp"}).training.steps == 1_000_000
+    assert parse_spec({"architecture": "node-set"}).training.steps == 300_000
+    explicit = {"architecture": "slot-mlp", "training": {"budgetSteps": 5_000}}
+    assert parse_spec(explicit).training.steps == 5_000
+
+
 def test_defaults_fill_only_absent_fields():
     merged = with_defaults({"adaptation": {"budgetSteps": 7}, "maxNodes": 3})
     assert merged["adaptation"]["budgetSteps"] == 7
