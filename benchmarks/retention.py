@@ -92,18 +92,25 @@ def train_base(arch: str, seed: int, args: argparse.Namespace):
             trained.curve, reference(base, None, selection_seeds(SELECT_EPISODES))
         ),
     }
-    return base, trained, row
+    return base, trained, ref, row
+
+
+def train_scratch(arch: str, nodes, seed: int, steps: int, args: argparse.Namespace, **extra):
+    """A fresh policy for the new cluster, as initial training would make it."""
+    settings = TrainingSettings(
+        architecture=arch, hidden=args.hidden, steps=steps, seed=seed + 1000, **extra
+    )
+    return train_initial(nodes, settings)
 
 
 def run_one(arch: str, seed: int, args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    base, trained, training_row = train_base(arch, seed, args)
+    base, trained, ref_old, training_row = train_base(arch, seed, args)
     backup = trained.policy
     target = TARGET * trained.score
     seeds = evaluation_seeds(EPISODES)
-    ref_old = reference(base, None, seeds)
     backup_old = episode_returns(backup.agent(), base, None, seeds)
     rows, curves = [], []
     for delta in args.deltas:
@@ -143,30 +150,12 @@ def run_one(arch: str, seed: int, args: argparse.Namespace) -> dict:
             )
             if strategy == auto:
                 curves.append(common | dict(kind="adapted", target=target) | curve)
-        scratch = train_initial(
-            nodes,
-            TrainingSettings(
-                architecture=arch,
-                hidden=args.hidden,
-                steps=args.scratch_steps,
-                seed=seed + 1000,
-                select_every=2,
-            ),
-        )
+        scratch = train_scratch(arch, nodes, seed, args.scratch_steps, args, select_every=2)
         curve = score_curve(scratch.curve, ref_select)
         steps_to_target, seconds_to_target = first_reaching(curve, target)
         at_budget = at_steps(curve, args.budget)
         # Equal budget, judged like the adapted policy: its own run, validation episodes.
-        equal = train_initial(
-            nodes,
-            TrainingSettings(
-                architecture=arch,
-                hidden=args.hidden,
-                steps=args.budget,
-                seed=seed + 1000,
-                episodes=EPISODES,
-            ),
-        )
+        equal = train_scratch(arch, nodes, seed, args.budget, args)
         equal_returns = episode_returns(equal.policy.agent(), nodes, None, seeds)
         rows.append(
             common

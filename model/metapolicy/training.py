@@ -32,7 +32,8 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         if self.steps is None:
-            object.__setattr__(self, "steps", DEFAULT_STEPS.get(self.architecture, 300_000))
+            default = DEFAULT_STEPS.get(self.architecture, DEFAULT_STEPS["node-set"])
+            object.__setattr__(self, "steps", default)
 
 
 @dataclass
