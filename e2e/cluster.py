@@ -1,7 +1,7 @@
 """The system under test as separate processes, connected only by a kubeconfig.
 
 The Kubernetes API is either the KMock emulator started as a process
-(`python -m metapolicy_operator.embedded`), or, when `E2E_KUBECONFIG` is set, the real cluster
+(`python -m e2e.embedded`), or, when `E2E_KUBECONFIG` is set, the real cluster
 that kubeconfig points at (the CRD is applied with the kubernetes client). Either way the
 operator is `metapolicy run --kubeconfig ...` in its own process group, so the e2e run
 exercises exactly what a deployment runs, and killing it (the crash test) also kills its
@@ -169,7 +169,7 @@ class Operator:
             raise RuntimeError("the operator is already running")
         self.starts += 1
         argv = [
-            sys.executable, "-m", "metapolicy.cli", "run",
+            sys.executable, "-m", "metapolicy_operator.cli", "run",
             "--kubeconfig", str(self.kubeconfig),
             "--metrics-host", "127.0.0.1", "--metrics-port", "0",
             "--workers", str(self.workers),
@@ -202,7 +202,7 @@ class Environment:
 def start_emulator(workdir: Path, timeout: float = START_TIMEOUT) -> tuple[ManagedProcess, Path]:
     kubeconfig = workdir / "kubeconfig"
     argv = [
-        sys.executable, "-m", "metapolicy_operator.embedded",
+        sys.executable, "-m", "e2e.embedded",
         "--port", "0", "--kubeconfig", str(kubeconfig), "--crd", str(CRD),
     ]  # fmt: skip
     process = ManagedProcess("emulator", argv, workdir / "emulator.log")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 COLUMNS = (
     "time",
@@ -56,3 +58,22 @@ def render(rows: Iterable[Mapping]) -> str:
         if row.get("reason"):
             lines.append(f"      reason: {row['reason']}")
     return "\n".join(lines)
+
+
+def progress(label: str) -> Callable[[str, float], None]:
+    """A one-line progress display on stderr (a line per 10% when not a terminal)."""
+    start, shown = time.perf_counter(), [-1]
+
+    def update(stage: str, fraction: float) -> None:
+        elapsed = time.perf_counter() - start
+        if sys.stderr.isatty():
+            bar = "#" * int(fraction * 30)
+            sys.stderr.write(f"\r  {label}: {stage:<10} [{bar:<30}] {elapsed:5.1f}s")
+            if fraction >= 1:
+                sys.stderr.write("\n")
+        elif int(fraction * 10) > shown[0]:
+            shown[0] = int(fraction * 10)
+            sys.stderr.write(f"  {label}: {stage} {fraction:4.0%} ({elapsed:.1f}s)\n")
+        sys.stderr.flush()
+
+    return update

@@ -38,7 +38,7 @@ def test_runs_as_the_deployments_user(deployment):
 
 def test_entrypoint_is_the_packages_console_script():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["metapolicy"] == "metapolicy.cli:main"
+    assert project["project"]["scripts"]["metapolicy"] == "metapolicy_operator.cli:main"
 
 
 def test_context_holds_what_the_build_reads():

@@ -28,7 +28,7 @@ import aiohttp
 import kopf
 import pytest
 
-from metapolicy_operator.embedded import EmbeddedCluster, embedded_cluster
+from e2e.embedded import EmbeddedCluster, embedded_cluster
 
 T = TypeVar("T")
 

@@ -19,6 +19,7 @@ import kubernetes
 import pytest
 import torch
 
+from e2e.embedded import EmbeddedCluster
 from metapolicy.store import (
     Checkpoint,
     CheckpointError,
@@ -30,7 +31,6 @@ from metapolicy_operator.configmap_store import (
     CheckpointTooLarge,
     ConfigMapStore,
 )
-from metapolicy_operator.embedded import EmbeddedCluster
 
 NAMESPACE = "default"
 POLICY_LABEL = "metapolicy.dev/policy"

@@ -25,7 +25,9 @@ import kopf
 import kubernetes
 import pytest
 
-from metapolicy_operator.embedded import EmbeddedCluster
+from e2e.embedded import EmbeddedCluster
+
+ROOT = Path(__file__).resolve().parents[2]
 
 if TYPE_CHECKING:
     from conftest import Api
@@ -303,9 +305,10 @@ async def test_cli_serves_the_kubernetes_client_and_stops_on_signal(
 ):
     kubeconfig = tmp_path / "kubeconfig"
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "metapolicy_operator.embedded", "--port", "0"],
+        *[sys.executable, "-m", "e2e.embedded", "--port", "0"],
         *["--kubeconfig", str(kubeconfig), "--crd", str(crd_file)],
         stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
     )
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)  # type: ignore[union-attr]

@@ -39,9 +39,9 @@ def poll(predicate, timeout: float, what: str):
 def emulator(tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
     process = subprocess.Popen(
-        [sys.executable, "-m", "metapolicy_operator.embedded", "--port", "0",
+        [sys.executable, "-m", "e2e.embedded", "--port", "0",
          "--kubeconfig", str(kubeconfig), "--crd", str(ROOT / "crds/metapolicy.yaml")],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
     line = process.stdout.readline()
     assert line.startswith("READY "), line
@@ -54,7 +54,7 @@ def test_metapolicy_run_serves_a_policy_over_a_kubeconfig(emulator, tmp_path):
     port = free_port()
     log = (tmp_path / "operator.log").open("w")
     operator = subprocess.Popen(
-        [sys.executable, "-m", "metapolicy.cli", "run", "--kubeconfig", str(emulator),
+        [sys.executable, "-m", "metapolicy_operator.cli", "run", "--kubeconfig", str(emulator),
          "--metrics-host", "127.0.0.1", "--metrics-port", str(port), "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"},
     )  # fmt: skip

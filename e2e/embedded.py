@@ -22,7 +22,7 @@ thread) and keeps kopf's end-of-run task sweep away from the server's tasks.
 
 KMock is a test/demo dependency: only this module imports it.
 
-Run it as a process with ``python -m metapolicy_operator.embedded --help``.
+Run it as a process with ``python -m e2e.embedded --help``.
 """
 
 from __future__ import annotations
@@ -637,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     accepts connections; everything else goes to stderr.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m metapolicy_operator.embedded",
+        prog="python -m e2e.embedded",
         description="Serve an emulated Kubernetes API (KMock) with the given CRDs.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,27 +18,9 @@ from metapolicy.cluster import NodeProfile, make_cluster, resize_cluster
 from metapolicy.ppo import FREEZE_MODES
 from metapolicy.store import FilesystemStore
 from metapolicy.strategies import ESCALATION, STRATEGIES, choose_strategy
-from metapolicy.timeline import render
+from metapolicy.timeline import progress, render
 from metapolicy.training import TrainingSettings, train_initial
-
-
-def progress(label: str):
-    """A one-line progress display on stderr (a line per 10% when not a terminal)."""
-    start, shown = time.perf_counter(), [-1]
-
-    def update(stage: str, fraction: float) -> None:
-        elapsed = time.perf_counter() - start
-        if sys.stderr.isatty():
-            bar = "#" * int(fraction * 30)
-            sys.stderr.write(f"\r  {label}: {stage:<10} [{bar:<30}] {elapsed:5.1f}s")
-            if fraction >= 1:
-                sys.stderr.write("\n")
-        elif int(fraction * 10) > shown[0]:
-            shown[0] = int(fraction * 10)
-            sys.stderr.write(f"  {label}: {stage} {fraction:4.0%} ({elapsed:.1f}s)\n")
-        sys.stderr.flush()
-
-    return update
+from metapolicy_operator.main import add_arguments
 
 
 def load_nodes(args: argparse.Namespace) -> list[NodeProfile]:
@@ -139,7 +120,7 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from metapolicy.demo import run_offline_demo
+    from metapolicy_operator.offline_demo import run_offline_demo
 
     return run_offline_demo(fast=args.fast)
 
@@ -195,8 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the scaling demo (offline pipeline)")
     p.add_argument("--fast", action="store_true", help="tiny budgets, for a smoke run")
     p.set_defaults(func=cmd_demo)
-
-    from metapolicy_operator.main import add_arguments
 
     p = sub.add_parser("run", help="run the Kubernetes operator")
     add_arguments(p)

@@ -15,13 +15,11 @@ from metapolicy.adapt import AdaptationSettings, adapt, rollback_drill
 from metapolicy.checkpoint import policy_to_checkpoint
 from metapolicy.cluster import make_cluster, resize_cluster
 from metapolicy.store import FilesystemStore
-from metapolicy.timeline import render
+from metapolicy.timeline import progress, render
 from metapolicy.training import TrainingSettings, train_initial
 
 
 def run_offline_demo(fast: bool = False) -> int:
-    from metapolicy.cli import progress
-
     train_steps, budget, distill_steps, episodes = (
         (4_096, 1_024, 512, 4) if fast else (300_000, 50_000, 8_192, 16)
     )

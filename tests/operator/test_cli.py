@@ -1,5 +1,5 @@
-from metapolicy.cli import main
 from metapolicy.store import FilesystemStore
+from metapolicy_operator.cli import main
 
 
 def test_train_adapt_inspect_round_trip(tmp_path, capsys):
