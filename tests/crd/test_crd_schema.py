@@ -1,6 +1,7 @@
 """Offline checks of the MetaPolicy CustomResourceDefinition (crds/metapolicy.yaml).
 
-There is no API server here, so the tests mimic what it does with a custom resource:
+There is no API server here, so the tests mimic what it does with a custom resource, with
+the same code (``e2e/crd_schema.py``) that the embedded cluster's admission runs:
 
 1. apply the schema ``default`` values (absent fields of objects that exist, recursively,
    the way structural defaulting does);
@@ -19,16 +20,24 @@ printer columns point at real fields, and the examples in manifests/examples are
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import functools
-import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+
+from e2e import crd_schema
+from e2e.crd_schema import (
+    HAVE_CEL,
+    apply_defaults,
+    cel_errors,
+    compile_rule,
+    eval_rule,
+    to_json_schema,
+    walk_schema,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "metapolicy.yaml"
@@ -115,13 +124,7 @@ def schema() -> dict[str, Any]:
 
 def node_at(dotted: str, root: dict[str, Any] | None = None) -> dict[str, Any]:
     """Schema node for a path like ``spec.workload.taskClasses[].cpu``."""
-    node = root if root is not None else schema()
-    for part in dotted.split("."):
-        is_list = part.endswith("[]")
-        node = node["properties"][part.removesuffix("[]")]
-        if is_list:
-            node = node["items"]
-    return node
+    return crd_schema.node_at(root if root is not None else schema(), dotted)
 
 
 def example_files() -> list[Path]:
@@ -153,305 +156,25 @@ def wrap(spec: Any, status: Any = None) -> dict[str, Any]:
     return obj
 
 
-def walk_schema(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every schema node with a readable path (``[]`` = array items, ``{}`` = map values)."""
-    yield path, node
-    for name, sub in node.get("properties", {}).items():
-        yield from walk_schema(sub, f"{path}.{name}" if path else name)
-    if isinstance(node.get("items"), dict):
-        yield from walk_schema(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from walk_schema(node["additionalProperties"], f"{path}{{}}")
-    for key in ("allOf", "anyOf", "oneOf"):
-        for i, sub in enumerate(node.get(key, [])):
-            yield from walk_schema(sub, f"{path}<{key}{i}>")
-
-
-# --------------------------------------------------------------------------------------
-# OpenAPI v3 (Kubernetes structural dialect) -> JSON Schema 2020-12
-# --------------------------------------------------------------------------------------
-
-# Keys copied as they are: their meaning is the same in both dialects.
-_PLAIN_KEYS = {
-    "type",
-    "enum",
-    "minimum",
-    "maximum",
-    "multipleOf",
-    "minLength",
-    "maxLength",
-    "pattern",
-    "minItems",
-    "maxItems",
-    "uniqueItems",
-    "minProperties",
-    "maxProperties",
-    "required",
-    "format",
-    "default",
-    "description",
-    "title",
-    "example",
-}
-# Kubernetes extensions that do not constrain the value (or are checked elsewhere).
-_DROPPED_KEYS = {
-    "x-kubernetes-validations",  # CEL, evaluated by celpy below
-    "x-kubernetes-preserve-unknown-fields",  # handled through additionalProperties
-    "x-kubernetes-embedded-resource",
-    "x-kubernetes-map-type",
-    "x-kubernetes-list-map-keys",  # read together with x-kubernetes-list-type
-    "x-kubernetes-int-or-string",  # handled below
-    "nullable",  # handled below
-    "exclusiveMinimum",  # handled below
-    "exclusiveMaximum",  # handled below
-}
-_LOGIC_KEYS = {"allOf", "anyOf", "oneOf", "not"}
-
-
-def to_json_schema(node: dict[str, Any], path: str = "<root>") -> dict[str, Any]:
-    """Translate one structural-schema node. Unknown keywords are an error (catches typos)."""
-    unknown = set(node) - _PLAIN_KEYS - _DROPPED_KEYS - _LOGIC_KEYS
-    unknown -= {"properties", "items", "additionalProperties", "x-kubernetes-list-type"}
-    assert not unknown, f"{path}: keywords the translation does not know: {sorted(unknown)}"
-
-    out = {k: copy.deepcopy(v) for k, v in node.items() if k in _PLAIN_KEYS}
-
-    # OpenAPI 3.0 spells exclusive bounds as booleans next to minimum/maximum.
-    for bound, excl in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
-        if node.get(excl):
-            out[excl] = out.pop(bound)
-
-    if node.get("x-kubernetes-int-or-string"):
-        out.pop("type", None)
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if node.get("nullable") and "type" in out:
-        out["type"] = [out["type"], "null"]
-
-    if "properties" in node:
-        out["properties"] = {
-            k: to_json_schema(v, f"{path}.{k}") for k, v in node["properties"].items()
-        }
-    if isinstance(node.get("additionalProperties"), dict):
-        out["additionalProperties"] = to_json_schema(node["additionalProperties"], f"{path}{{}}")
-    elif "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
-        # Strict field validation: a field the schema does not know is an error.
-        out["additionalProperties"] = False
-    if "items" in node:
-        out["items"] = to_json_schema(node["items"], f"{path}[]")
-    for key in ("allOf", "anyOf", "oneOf"):
-        if key in node:
-            out[key] = [to_json_schema(s, f"{path}<{key}>") for s in node[key]]
-    if "not" in node:
-        out["not"] = to_json_schema(node["not"], f"{path}<not>")
-
-    list_type = node.get("x-kubernetes-list-type")
-    if list_type in ("set", "map"):
-        out["x-kubernetes-list-type"] = list_type
-        if list_type == "map":
-            out["x-kubernetes-list-map-keys"] = list(node["x-kubernetes-list-map-keys"])
-    return out
-
-
-def _list_type(validator, list_type, instance, schema_node):
-    """The API server rejects duplicate set entries and duplicate map-list keys."""
-    if not isinstance(instance, list):
-        return
-    seen: set[str] = set()
-    for i, item in enumerate(instance):
-        if list_type == "map":
-            keys = schema_node["x-kubernetes-list-map-keys"]
-            if not isinstance(item, dict):
-                continue
-            ident = repr(tuple(item.get(k) for k in keys))
-        else:
-            ident = repr(item)
-        if ident in seen:
-            yield jsonschema.ValidationError(
-                f"duplicate entry {ident} at index {i} (x-kubernetes-list-type: {list_type})"
-            )
-        seen.add(ident)
-
-
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-FORMATS = jsonschema.FormatChecker(formats=())
-
-
-@FORMATS.checks("date-time", raises=ValueError)
-def _is_date_time(value: object) -> bool:
-    if not isinstance(value, str):
-        return True
-    if not _RFC3339.match(value):
-        return False
-    dt.datetime.fromisoformat(value.upper())
-    return True
-
-
-KubeValidator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator, {"x-kubernetes-list-type": _list_type}
-)
-
-
-@functools.cache
-def _validator_for(path: str) -> jsonschema.protocols.Validator:
-    node = schema() if path == "" else node_at(path)
-    js = to_json_schema(node, path or "<root>")
-    KubeValidator.check_schema(js)
-    return KubeValidator(js, format_checker=FORMATS)
-
-
 def schema_errors(value: Any, at: str = "") -> list[jsonschema.ValidationError]:
     """Errors of ``value`` against the schema node at ``at`` (default: the whole object)."""
-    return sorted(_validator_for(at).iter_errors(value), key=lambda e: list(e.absolute_path))
+    return crd_schema.schema_errors(value, node_at(at) if at else schema())
 
 
 def dotted(err_path: Any) -> str:
     return ".".join(str(p) for p in err_path)
 
 
-# --------------------------------------------------------------------------------------
-# Defaulting, as the API server does it
-# --------------------------------------------------------------------------------------
-
-
-def apply_defaults(value: Any, node: dict[str, Any]) -> Any:
-    """Fill absent fields of existing objects with their ``default``, then recurse.
-
-    Mirrors structural defaulting: a field whose value is null and that is not nullable
-    is treated as absent (and dropped when it has no default). Defaults are applied before
-    recursing, so defaulting ``adaptation: {}`` then fills the fields inside it. Defaults
-    are never applied inside ``additionalProperties`` (they are forbidden there).
-    """
-    if isinstance(value, dict):
-        props = node.get("properties")
-        if props is not None:
-            for key, sub in props.items():
-                absent = key not in value or (value[key] is None and not sub.get("nullable"))
-                if not absent:
-                    continue
-                if "default" in sub:
-                    value[key] = copy.deepcopy(sub["default"])
-                elif key in value:
-                    del value[key]
-            for key, sub_value in value.items():
-                if key in props:
-                    apply_defaults(sub_value, props[key])
-        elif isinstance(node.get("additionalProperties"), dict):
-            for sub_value in value.values():
-                apply_defaults(sub_value, node["additionalProperties"])
-    elif isinstance(value, list) and isinstance(node.get("items"), dict):
-        for item in value:
-            apply_defaults(item, node["items"])
-    return value
-
-
 def defaulted(obj: dict[str, Any]) -> dict[str, Any]:
     return apply_defaults(copy.deepcopy(obj), schema())
 
 
-# --------------------------------------------------------------------------------------
-# CEL (x-kubernetes-validations) with celpy
-# --------------------------------------------------------------------------------------
-
-
-try:
-    import celpy  # noqa: F401  (PyPI: cel-python)
-except ImportError:
-    HAVE_CEL = False
-else:
-    HAVE_CEL = True
 needs_cel = pytest.mark.skipif(
     not HAVE_CEL, reason="CEL rules need cel-python (pip install cel-python)"
 )
 
 
-@functools.cache
-def _program(rule: str):
-    import celpy
-
-    env = celpy.Environment()
-    return env.program(env.compile(rule))
-
-
-def to_cel(value: Any, node: dict[str, Any]) -> Any:
-    """JSON value -> CEL value typed by the schema, as the API server binds ``self``.
-
-    integer -> int, number -> double (also for integral JSON numbers), date-time strings ->
-    timestamp, objects keep only the fields their schema declares (the rest is pruned or
-    inaccessible to CEL).
-    """
-    from celpy import celtypes
-
-    t = node.get("type")
-    if isinstance(value, dict):
-        props = node.get("properties")
-        if props is not None:
-            items = {k: to_cel(v, props[k]) for k, v in value.items() if k in props}
-        elif isinstance(node.get("additionalProperties"), dict):
-            extra = node["additionalProperties"]
-            items = {k: to_cel(v, extra) for k, v in value.items()}
-        else:
-            items = {}
-        return celtypes.MapType({celtypes.StringType(k): v for k, v in items.items()})
-    if isinstance(value, list):
-        return celtypes.ListType([to_cel(v, node.get("items", {})) for v in value])
-    if isinstance(value, bool):
-        return celtypes.BoolType(value)
-    if t == "number":
-        return celtypes.DoubleType(float(value))
-    if t == "integer":
-        return celtypes.IntType(value)
-    if isinstance(value, str):
-        if node.get("format") == "date-time":
-            return celtypes.TimestampType(value)
-        return celtypes.StringType(value)
-    raise TypeError(f"cannot bind {value!r} for schema type {t!r}")
-
-
-def eval_rule(rule: str, value: Any, node: dict[str, Any]) -> tuple[bool, str]:
-    """Evaluate one rule with ``self`` bound to ``value``. An evaluation error is a failure,
-    as it is for the API server."""
-    import celpy
-
-    try:
-        result = _program(rule).evaluate({"self": to_cel(value, node)})
-    except celpy.CELEvalError as exc:
-        return False, f"evaluation error: {exc.args[0] if exc.args else exc}"
-    if isinstance(result, celpy.CELEvalError):
-        return False, f"evaluation error: {result}"
-    return bool(result), ""
-
-
-def cel_errors(value: Any, node: dict[str, Any], path: str = "") -> list[tuple[str, str, str]]:
-    """Every failing rule under ``node``: (dotted path, rule, message). Transition rules
-    (those using oldSelf) are skipped, as on create."""
-    errors: list[tuple[str, str, str]] = []
-    for rule in node.get("x-kubernetes-validations", []):
-        if "oldSelf" in rule["rule"]:
-            continue
-        ok, detail = eval_rule(rule["rule"], value, node)
-        if not ok:
-            message = rule.get("message") or f"failed rule: {rule['rule']}"
-            errors.append((path, rule["rule"], f"{message} {detail}".strip()))
-
-    def sub_path(key: object) -> str:
-        return f"{path}.{key}" if path else str(key)
-
-    if isinstance(value, dict):
-        props = node.get("properties")
-        if props is not None:
-            for k, v in value.items():
-                if k in props:
-                    errors += cel_errors(v, props[k], sub_path(k))
-        elif isinstance(node.get("additionalProperties"), dict):
-            for k, v in value.items():
-                errors += cel_errors(v, node["additionalProperties"], sub_path(k))
-    elif isinstance(value, list) and isinstance(node.get("items"), dict):
-        for i, v in enumerate(value):
-            errors += cel_errors(v, node["items"], sub_path(i))
-    return errors
-
-
-def admit(obj: dict[str, Any]) -> tuple[dict[str, Any], list[Any], list[tuple[str, str, str]]]:
+def admit(obj: dict[str, Any]) -> tuple[dict[str, Any], list[Any], list[crd_schema.RuleFailure]]:
     """Default, validate against the schema, then (only if that passed and celpy is
     installed) run the CEL rules."""
     obj = defaulted(obj)
@@ -773,8 +496,8 @@ def test_bad_spec_is_rejected_for_its_own_reason(case):
             pytest.skip("CEL rules need cel-python")
         assert not errs, [e.message for e in errs]
         assert cel, f"{case['id']}: accepted by the CEL rules"
-        assert {path for path, _, _ in cel} == {case["path"]}, cel
-        assert any(case["cel"] in message for _, _, message in cel), cel
+        assert {failure.path for failure in cel} == {case["path"]}, cel
+        assert any(case["cel"] in failure.message for failure in cel), cel
 
 
 # --------------------------------------------------------------------------------------
@@ -825,7 +548,7 @@ def test_every_rule_compiles():
     assert len(rules) >= 5
     for path, rule in rules:
         try:
-            _program(rule)
+            compile_rule(rule)
         except celpy.CELParseError as exc:  # pragma: no cover - failure path
             pytest.fail(f"{path}: {rule!r} does not compile: {exc}")
 
