@@ -49,11 +49,12 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import aiohttp.web
 import attrs
-import jsonpatch
-import jsonpointer
 import kmock
 import yaml
+
+from e2e import admission, openapi, patches, tables
 
 #: Built-in resources served by default: what kopf needs (namespaces, events, CRDs),
 #: what the operator watches or writes (nodes, pods, configmaps), and leases.
@@ -176,10 +177,14 @@ def write_kubeconfig(
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
     """
-    KMock's emulator plus the API-server bookkeeping that kopf depends on.
+    KMock's emulator plus the API-server behaviour that kopf and kubectl depend on.
 
-    Everything is done by rewriting the incoming request before KMock stores it, so
-    KMock stays the single owner of the objects, their history and the watch buses.
+    Every write is turned into the object it should store before KMock stores it (the
+    request is rewritten into a replacement of the whole object), so KMock stays the
+    single owner of the objects, their history and the watch buses, while this class
+    decides what a write means: patch types, the status subresource, admission of custom
+    resources, metadata bookkeeping. Writes are serialised, so each is computed from the
+    version it replaces.
 
     KMock keeps every request and every version of every object, and matches each new
     request against its whole request log: a long demo run slows down quadratically
@@ -191,6 +196,8 @@ class Emulator(kmock.KubernetesEmulator):
     history: int = 16
     _revision: int = attrs.field(default=0, init=False)
     _closing: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _openapi: tuple[Any, openapi.Documents] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -205,7 +212,11 @@ class Emulator(kmock.KubernetesEmulator):
             self.resources[resource] = info
 
     def seed(self, resource: kmock.resource, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Store an object before the server starts, stamped like an API-created one."""
+        """Store an object before the server starts, stamped like an API-created one.
+
+        No admission: a test can store what the API would refuse (e.g. an invalid spec
+        written under an older schema), to see how its readers cope.
+        """
         obj = copy.deepcopy(dict(body))
         meta = obj.setdefault("metadata", {})
         self._stamp(resource, obj, meta.get("namespace"))
@@ -213,19 +224,60 @@ class Emulator(kmock.KubernetesEmulator):
         return obj
 
     async def _handle(self, request: kmock.Request) -> Any:
-        if request.resource is not None and request.action == kmock.action.CREATE:
-            self._prepare_create(request)
-        elif request.resource is not None and request.action == kmock.action.UPDATE:
-            self._prepare_patch(request)
-        elif request.resource is not None and request.action == kmock.action.DELETE:
-            self._prepare_delete(request)
+        warnings: list[str] = []
         try:
-            return await super()._handle(request)
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
-            # A failed "test" op is how kopf learns that its view is stale: 422, not 500.
-            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(e)) from e
+            if (served := await self._serve_for_kubectl(request)) is not None:
+                return served
+            if request.method == kmock.method.PUT and request.name is not None:
+                request = self._rewritten(request, action=kmock.action.UPDATE)
+            if request.resource is None or request.action not in _WRITES:
+                return await super()._handle(request)
+            async with self._writes:  # computed from the version it replaces
+                if request.action == kmock.action.CREATE:
+                    request, warnings = self._prepare_create(request)
+                elif request.action == kmock.action.UPDATE:
+                    request, warnings = self._prepare_update(request)
+                else:
+                    self._prepare_delete(request)
+                response = await super()._handle(request)
+        except patches.PatchError as e:
+            reason = {400: "BadRequest", 415: "UnsupportedMediaType"}.get(e.status, "Invalid")
+            raise kmock.KubernetesError(status=e.status, reason=reason, message=str(e)) from e
         finally:
             self._forget(request)
+        for text in warnings if not response.prepared else []:  # RFC 7234 warn-code 299
+            response.headers.add("Warning", '299 - "{}"'.format(text.replace('"', '\\"')))
+        return response
+
+    def _rewritten(self, request: kmock.Request, **changes: Any) -> kmock.Request:
+        """The request with its meaning changed, in KMock's log in its place.
+
+        KMock matches a request to its reactions by identity in its request log.
+        """
+        new = attrs.evolve(request, **changes)
+        for i in range(len(self._requests) - 1, -1, -1):
+            if self._requests[i] is request:
+                self._requests[i] = new
+                break
+        return new
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        """A ``Status`` as the API server sends it (KMock adds a traceback as details)."""
+        if not isinstance(exc, kmock.KubernetesError):
+            logging.getLogger(__name__).error("Request failed", exc_info=exc)
+            exc = kmock.KubernetesError(status=500, reason="InternalError", message=repr(exc))
+        status = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": exc.message or "",
+            "reason": exc.reason or "",
+            "code": exc.status,
+        }
+        if exc.details:
+            status["details"] = exc.details
+        return aiohttp.web.json_response(status, status=exc.status)
 
     def _forget(self, request: kmock.Request) -> None:
         """Trim the request logs and the object's history (see the class docstring)."""
@@ -252,7 +304,7 @@ class Emulator(kmock.KubernetesEmulator):
         if namespace and (info is None or info.namespaced is not False):
             meta["namespace"] = namespace
         meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("creationTimestamp", _now())
+        meta["creationTimestamp"] = meta.get("creationTimestamp") or _now()
         meta.setdefault("generation", 1)
         meta["resourceVersion"] = self._next_revision()
         group_version = f"{resource.group}/{resource.version}" if resource.group else "v1"
@@ -262,54 +314,162 @@ class Emulator(kmock.KubernetesEmulator):
         if resource == CRDS:
             obj.setdefault("status", _crd_status(obj))
 
-    def _prepare_create(self, request: kmock.Request) -> None:
-        if not isinstance(request.data, dict) or request.resource is None:
-            return
-        self._stamp(request.resource, request.data, request.namespace)
-        if request.resource == CRDS:
-            self.register_crd(request.data)
+    def _prepare_create(self, request: kmock.Request) -> tuple[kmock.Request, list[str]]:
+        """The object to store for a create: stamped, and admitted if it is a custom one."""
+        resource = request.resource
+        if not isinstance(request.data, dict) or resource is None:
+            raise kmock.KubernetesError(
+                status=400, reason="BadRequest", message="the body must be a JSON object"
+            )
+        obj = copy.deepcopy(request.data)
+        given = (obj.get("metadata") or {}).get("namespace")
+        if request.namespace and given and given != request.namespace:
+            raise kmock.KubernetesError(
+                status=400,
+                reason="BadRequest",
+                message="the namespace of the provided object does not match the namespace "
+                "sent on the request",
+            )
+        warnings: list[str] = []
+        crd = self._crd_for(resource)
+        if crd is not None:
+            if self._has_status(resource):
+                obj.pop("status", None)  # set through the status subresource only
+            self._stamp(resource, obj, request.namespace)
+            directive = request.params.get("fieldValidation")
+            admitted = admission.admit(crd, obj, operation="create", directive=directive)
+            obj, warnings = admitted.object, admitted.warnings
+        else:
+            self._stamp(resource, obj, request.namespace)
+        if resource == CRDS:
+            self.register_crd(obj)
+        return self._rewritten(request, data=obj), warnings
 
-    def _prepare_patch(self, request: kmock.Request) -> None:
-        key = (request.resource, request.namespace, request.name)
-        if request.resource is None or key not in self.objects or self.objects[key].deleted:
-            return  # KMock answers 404 itself.
-        current = self.objects[key].raw.get("metadata", {})
-        revision = self._next_revision()
-        status_only = request.subresource == "status"
-        info = self._info(request.resource)
-        ignore_status = not status_only and info is not None and "status" in info.subresources
+    def _prepare_update(self, request: kmock.Request) -> tuple[kmock.Request, list[str]]:
+        """
+        The object to store for a PATCH or PUT, as a whole-object replacement for KMock.
 
-        if isinstance(request.data, dict):  # merge-patch (also strategic-merge, treated alike)
-            patch = request.data
-            for field in list(patch):
-                if (status_only and field != "status") or (ignore_status and field == "status"):
-                    del patch[field]
-            expected = (patch.get("metadata") or {}).get("resourceVersion")
-            if expected is not None and expected != current.get("resourceVersion"):
-                raise kmock.KubernetesError(
-                    status=409, reason="Conflict", message="the object has been modified"
-                )
-            meta = patch.setdefault("metadata", {})
-            meta["resourceVersion"] = revision
-            if "spec" in patch:
-                meta["generation"] = current.get("generation", 0) + 1
-        elif isinstance(request.data, list):  # JSON-patch (RFC 6902)
-            ops = request.data
-            if status_only or ignore_status:  # keep only the ops this endpoint may apply
-                ops[:] = [
-                    op
-                    for op in ops
-                    if op.get("op") == "test" or _is_status_path(op.get("path", "")) == status_only
-                ]
-            if any(op.get("path", "").startswith("/spec") for op in ops if op.get("op") != "test"):
-                generation = current.get("generation", 0) + 1
-                ops.append({"op": "add", "path": "/metadata/generation", "value": generation})
-            ops.append({"op": "add", "path": "/metadata/resourceVersion", "value": revision})
+        A patch (of any type, see ``e2e/patches.py``) or a replacement is applied to the
+        stored version; the status subresource changes only status, the main resource
+        everything else; metadata the server owns is kept; a resourceVersion in the
+        request must match the stored one (409). Custom resources are then admitted.
+        """
+        resource = request.resource
+        assert resource is not None
+        key = (resource, request.namespace, request.name)
+        kind = patches.patch_type(request.headers.get("Content-Type"))
+        replace = request.method == kmock.method.PUT
+        if key not in self.objects or self.objects[key].deleted:
+            if kind == patches.APPLY_PATCH and not replace:  # server-side apply creates
+                return self._apply_create(request)
+            raise _not_found(resource, request.name)
+        crd = self._crd_for(resource)
+        if kind == patches.STRATEGIC_MERGE_PATCH and crd is not None:
+            raise kmock.KubernetesError(
+                status=415,
+                reason="UnsupportedMediaType",
+                message="the body of the request was in an unknown format - accepted media "
+                f"types include: {', '.join(_CUSTOM_PATCH_TYPES)}",
+            )
+        current = copy.deepcopy(self.objects[key].raw)
+        body = patches.parse_body(kind, request.text, request.data)
+        if replace:
+            if not isinstance(body, dict):
+                raise patches.PatchError("the body must be a JSON object", 400)
+            candidate = copy.deepcopy(body)
+        else:
+            schema, resolve = self._patch_schema(resource, current)
+            candidate = patches.apply(current, body, kind, schema=schema, resolve=resolve)
+        expected = (candidate.get("metadata") or {}).get("resourceVersion")
+        if expected and expected != current.get("metadata", {}).get("resourceVersion"):
+            raise kmock.KubernetesError(
+                status=409,
+                reason="Conflict",
+                message=f"Operation cannot be fulfilled on {_qualified(resource)} "
+                f'"{request.name}": the object has been modified; please apply your changes '
+                "to the latest version and try again",
+            )
+        new = self._scoped(resource, current, candidate, request.subresource == "status")
+        warnings: list[str] = []
+        if crd is not None:
+            admitted = admission.admit(
+                crd,
+                new,
+                old=current,
+                scope="status" if request.subresource == "status" else "main",
+                operation="update" if replace else "patch",
+                directive=request.params.get("fieldValidation"),
+            )
+            new, warnings = admitted.object, admitted.warnings
+        meta = new["metadata"]
+        if _content(new) != _content(current):
+            meta["generation"] = current["metadata"].get("generation", 0) + 1
+        meta["resourceVersion"] = self._next_revision()
+        if resource == CRDS:
+            self.register_crd(new)
+        replacement = [{"op": "replace", "path": "", "value": new}]
+        return self._rewritten(request, action=kmock.action.UPDATE, data=replacement), warnings
+
+    def _apply_create(self, request: kmock.Request) -> tuple[kmock.Request, list[str]]:
+        """Server-side apply of an object that does not exist yet: a create."""
+        body = patches.parse_body(patches.APPLY_PATCH, request.text, request.data)
+        if not isinstance(body, dict):
+            raise patches.PatchError("the body must be a JSON or YAML object", 400)
+        body = copy.deepcopy(body)
+        body.setdefault("metadata", {})["name"] = request.name
+        create = self._rewritten(request, action=kmock.action.CREATE, data=body)
+        return self._prepare_create(create)
+
+    def _scoped(
+        self,
+        resource: kmock.resource,
+        current: dict[str, Any],
+        candidate: dict[str, Any],
+        status_only: bool,
+    ) -> dict[str, Any]:
+        """What a write may change: the status subresource only status, the rest the rest."""
+        if status_only:
+            new = copy.deepcopy(current)
+            if "status" in candidate:
+                new["status"] = candidate["status"]
+            else:
+                new.pop("status", None)
+            return new
+        new = candidate
+        if self._has_status(resource):
+            if "status" in current:
+                new["status"] = current["status"]
+            else:
+                new.pop("status", None)
+        meta = new.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise patches.PatchError("metadata must be an object")
+        for field in _SERVER_OWNED:
+            if field in current.get("metadata", {}):
+                meta[field] = current["metadata"][field]
+            else:
+                meta.pop(field, None)
+        new["apiVersion"] = current.get("apiVersion", new.get("apiVersion"))
+        new["kind"] = current.get("kind", new.get("kind"))
+        return new
+
+    def _patch_schema(
+        self, resource: kmock.resource, obj: Mapping[str, Any]
+    ) -> tuple[dict[str, Any] | None, patches.Resolver | None]:
+        """The schema that says how a built-in kind's lists merge (strategic merge patch)."""
+        name = openapi.builtin_definition_name(
+            resource.group or "", resource.version or "", str(obj.get("kind", ""))
+        )
+        if name is None:
+            return None, None
+        return openapi.builtin_definitions()[name], openapi.schema_node
 
     def _prepare_delete(self, request: kmock.Request) -> None:
         key = (request.resource, request.namespace, request.name)
         if request.resource is None or key not in self.objects or self.objects[key].deleted:
-            return  # KMock answers 404 itself.
+            if request.resource is not None and request.name is not None:
+                raise _not_found(request.resource, request.name)
+            return  # KMock answers itself.
         obj = self.objects[key]  # in place: the DELETED event carries this version
         obj["metadata"] = {**obj.raw.get("metadata", {}), "resourceVersion": self._next_revision()}
 
@@ -319,9 +479,116 @@ class Emulator(kmock.KubernetesEmulator):
             return self.resources[resource]
         return None
 
+    def _has_status(self, resource: kmock.resource) -> bool:
+        info = self._info(resource)
+        return info is not None and "status" in info.subresources
+
+    def _crd_for(self, resource: kmock.resource) -> dict[str, Any] | None:
+        """The stored CRD that defines a custom resource (None for built-ins)."""
+        if not resource.group or resource == CRDS:
+            return None
+        key = (CRDS, None, f"{resource.plural}.{resource.group}")
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return self.objects[key].raw
+
+    def _crds(self) -> list[dict[str, Any]]:
+        return [
+            obj.raw
+            for (resource, _, _), obj in list(self.objects.items())
+            if resource == CRDS and not obj.deleted
+        ]
+
+    def _read(self, resource: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
+        """An object as served: custom resources defaulted by the current schema."""
+        crd = self._crd_for(resource)
+        return admission.default(crd, copy.deepcopy(obj)) if crd is not None else obj
+
     def _next_revision(self) -> str:
         self._revision += 1
         return str(self._revision)
+
+    # --- what kubectl asks for beyond CRUD: OpenAPI and tables ------------------------------
+
+    async def _serve_for_kubectl(self, request: kmock.Request) -> aiohttp.web.Response | None:
+        """OpenAPI documents and Table responses; None for every other request."""
+        path = request.url.path.rstrip("/")
+        if path.startswith("/openapi/") and request.method == kmock.method.GET:
+            return self._serve_openapi(request, path)
+        version = tables.table_version(request.headers.get("Accept"))
+        if version is None or request.resource is None:
+            return None
+        if request.action == kmock.action.LIST:
+            listed = await self._serve_list(request)
+            objects, revision = listed["items"], listed["metadata"]["resourceVersion"]
+        elif request.action == kmock.action.FETCH:
+            fetched = await self._serve_fetch(request)
+            objects, revision = [fetched], fetched.get("metadata", {}).get("resourceVersion")
+        else:
+            return None  # watches: see _serve_watch
+        body = tables.table(
+            objects,
+            self._columns(request.resource),
+            resource_version=revision,
+            include_object=request.params.get("includeObject"),
+            version=version,
+        )
+        return aiohttp.web.json_response(body)
+
+    def _serve_openapi(self, request: kmock.Request, path: str) -> aiohttp.web.Response:
+        documents = self._documents()
+        if path == "/openapi/v3":
+            return aiohttp.web.json_response(documents.v3_discovery())
+        if path.startswith("/openapi/v3/"):
+            body = documents.v3(path.removeprefix("/openapi/v3/"))
+            if body is None:
+                raise kmock.KubernetesError(status=404, reason="NotFound", message="not found")
+            return aiohttp.web.Response(body=body, content_type="application/json")
+        if path == "/openapi/v2":
+            accept = request.headers.get("Accept") or "*/*"
+            if not any(t in accept for t in ("application/json", "*/*")):
+                raise kmock.KubernetesError(
+                    status=406,
+                    reason="NotAcceptable",
+                    message=f"only application/json is served here, not {accept}",
+                )
+            return aiohttp.web.Response(body=documents.v2(), content_type="application/json")
+        raise kmock.KubernetesError(status=404, reason="NotFound", message="not found")
+
+    def _documents(self) -> openapi.Documents:
+        """The OpenAPI documents of what is served now (rebuilt when that changes)."""
+        crds = self._crds()
+        served = []
+        for resource in list(self.resources):
+            info = self.resources[resource]
+            if info.kind and resource.plural and resource.version is not None:
+                served.append(
+                    openapi.Served(
+                        resource.group or "",
+                        resource.version,
+                        resource.plural,
+                        info.kind,
+                        info.namespaced is not False,
+                        tuple(sorted(info.subresources)),
+                    )
+                )
+        key = (
+            tuple(sorted(served, key=repr)),
+            tuple(sorted((c["metadata"]["name"], _version(c)) for c in crds)),
+        )
+        if self._openapi is None or self._openapi[0] != key:
+            self._openapi = (key, openapi.Documents(served, crds))
+        return self._openapi[1]
+
+    def _columns(self, resource: kmock.resource) -> list[tables.Column]:
+        crd = self._crd_for(resource)
+        if crd is None:
+            return tables.builtin_columns(resource.group or "", resource.plural or "")
+        served = next(
+            (v for v in crd["spec"]["versions"] if v["name"] == resource.version),
+            {},
+        )
+        return tables.custom_columns(served.get("additionalPrinterColumns"))
 
     async def _serve_version(self, request: kmock.Request) -> Any:
         """KMock's discovery document, corrected where kubectl and client libraries trip."""
@@ -334,6 +601,13 @@ class Emulator(kmock.KubernetesEmulator):
                     entry["verbs"] = ["get", "patch", "update"]
         return payload
 
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        assert request.resource is not None  # fetches are always of a resource
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            raise _not_found(request.resource, request.name)
+        return self._read(request.resource, await super()._serve_fetch(request))
+
     async def _serve_list(self, request: kmock.Request) -> Any:
         payload = await super()._serve_list(request)
         assert request.resource is not None  # lists are always of a resource
@@ -342,7 +616,9 @@ class Emulator(kmock.KubernetesEmulator):
         payload["apiVersion"] = f"{group}/{version}" if group else version
         payload["kind"] = f"{info.kind}List" if info is not None and info.kind else "List"
         payload["metadata"]["resourceVersion"] = str(self._revision)
-        payload["items"] = [obj for obj in payload["items"] if _selected(request, obj)]
+        payload["items"] = [
+            self._read(request.resource, obj) for obj in payload["items"] if _selected(request, obj)
+        ]
         return payload
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
@@ -355,9 +631,32 @@ class Emulator(kmock.KubernetesEmulator):
         ``resourceVersion=N`` resumes after N (kopf does so after its initial list);
         ``timeoutSeconds`` ends the stream (the ``kubernetes`` client's watches return
         only then); and streams end cleanly when the server stops (else it waits ~2 min).
+        ``sendInitialEvents=true`` (client-go's watch-list, as in ``kubectl wait``) ends the
+        initial events with the bookmark that says so, or the client never considers
+        itself in sync.
+        Objects are served as reads serve them (custom resources defaulted), and as
+        one-row tables when the client asks for tables (``kubectl get -w``).
         """
         yield b""  # send the headers now: clients wait for them before anything else
         assert request.resource is not None  # watches are always of a resource
+        resource = request.resource
+        version = tables.table_version(request.headers.get("Accept"))
+        columns = self._columns(resource) if version else []
+        headers = [True]
+
+        def served(event: dict[str, Any]) -> dict[str, Any]:
+            obj = self._read(resource, event["object"])
+            if version is not None:
+                obj = tables.table(
+                    [obj],
+                    columns,
+                    resource_version=obj.get("metadata", {}).get("resourceVersion"),
+                    include_object=request.params.get("includeObject"),
+                    version=version,
+                    headers=headers.pop() if headers else False,
+                )
+            return {"type": event["type"], "object": obj}
+
         loop = asyncio.get_running_loop()
         timeout = _as_float(request.params.get("timeoutSeconds"))
         deadline = None if timeout is None else loop.time() + timeout
@@ -377,7 +676,9 @@ class Emulator(kmock.KubernetesEmulator):
                 }
             for obj in listed.values():
                 if not since or _version(obj) > since:
-                    yield {"type": "ADDED", "object": obj}
+                    yield served({"type": "ADDED", "object": obj})
+            if request.params.get("sendInitialEvents") == "true":  # a "watch-list" (client-go)
+                yield self._initial_events_end(resource, horizon)
             async for event in self._until_done(bus.stream(since=marker), deadline):
                 meta = event["object"].get("metadata", {})
                 key = (meta.get("namespace"), meta.get("name"))
@@ -388,9 +689,26 @@ class Emulator(kmock.KubernetesEmulator):
                 # KMock's release of a finalized object re-sends its last version as DELETED.
                 released = event["type"] == "DELETED" and key in listed
                 if _version(event["object"]) > horizon or released:
-                    yield event
+                    yield served(event)
         finally:
             await bus.unmark(marker)
+
+    def _initial_events_end(self, resource: kmock.resource, revision: int) -> dict[str, Any]:
+        """The bookmark after the initial events of a watch-list: the client is in sync."""
+        info = self._info(resource)
+        return {
+            "type": "BOOKMARK",
+            "object": {
+                "kind": info.kind if info is not None and info.kind else "",
+                "apiVersion": f"{resource.group}/{resource.version}"
+                if resource.group
+                else resource.version,
+                "metadata": {
+                    "resourceVersion": str(revision),
+                    "annotations": {"k8s.io/initial-events-end": "true"},
+                },
+            },
+        }
 
     async def _until_done(
         self, events: AsyncIterator[Any], deadline: float | None
@@ -557,8 +875,41 @@ def _crd_status(crd: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _is_status_path(path: str) -> bool:
-    return path == "/status" or path.startswith("/status/")
+#: Actions that write, and the metadata a write cannot change (the server owns it).
+_WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
+_SERVER_OWNED = (
+    "name",
+    "namespace",
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
+
+
+_CUSTOM_PATCH_TYPES = [p for p in patches.PATCH_TYPES if p != patches.STRATEGIC_MERGE_PATCH]
+
+
+def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What a generation counts: everything but metadata and status."""
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+def _qualified(resource: kmock.resource) -> str:
+    """``metapolicies.metapolicy.dev`` or ``nodes``: how the server names a resource."""
+    return f"{resource.plural}.{resource.group}" if resource.group else str(resource.plural)
+
+
+def _not_found(resource: kmock.resource, name: str | None) -> kmock.KubernetesError:
+    """404 as the API server words it: ``metapolicies.metapolicy.dev "x" not found``."""
+    details = {"name": name, "group": resource.group, "kind": resource.plural}
+    return kmock.KubernetesError(
+        status=404,
+        reason="NotFound",
+        message=f'{_qualified(resource)} "{name}" not found',
+        details={k: v for k, v in details.items() if v},
+    )
 
 
 def _watched(
