@@ -4,7 +4,10 @@ Proof that the embedded cluster is a usable stand-in for a Kubernetes API.
 (a) objects go through the API like on a real server: CRUD, merge patches, the status
     subresource, watch streams; (b) a kopf operator runs in-process against it and its
     effects are observed through the API; (c) the CLI serves a separate process that the
-    official ``kubernetes`` client can use, and stops promptly on a signal.
+    official ``kubernetes`` client can use, and stops promptly on a signal; (d) what kubectl
+    needs: OpenAPI documents, server-side tables, admission with the CRD's own schema
+    (defaulting, pruning, validation, CEL) worded as the API server words it, every patch
+    type. tests/e2e/test_kubectl.py drives the real kubectl against the same.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import socket
 import sys
@@ -21,9 +25,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import kmock
 import kopf
 import kubernetes
 import pytest
+import yaml
 
 from e2e.embedded import EmbeddedCluster
 
@@ -359,3 +365,324 @@ async def test_cli_serves_the_kubernetes_client_and_stops_on_signal(
             proc.kill()
             with contextlib.suppress(ProcessLookupError):
                 await proc.wait()
+
+
+# --- (d) what kubectl needs: OpenAPI, tables, admission, every patch type -------------------
+
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+MERGE, JSON_PATCH = "application/merge-patch+json", "application/json-patch+json"
+STRATEGIC, APPLY = "application/strategic-merge-patch+json", "application/apply-patch+yaml"
+CRD_SCHEMA = yaml.safe_load((ROOT / "crds" / "metapolicy.yaml").read_text())["spec"]["versions"][0]
+
+
+async def call(
+    api: Api,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    content_type: str | None = None,
+    accept: str | None = None,
+) -> tuple[int, Any, Any]:
+    """(status, parsed body, headers) of one request, whatever its status."""
+    headers = {k: v for k, v in {"Content-Type": content_type, "Accept": accept}.items() if v}
+    data = None if body is None else json.dumps(body)
+    async with api.session.request(method, path, data=data, headers=headers) as response:
+        return response.status, await response.json(content_type=None), response.headers
+
+
+async def test_openapi_v3_describes_the_crd_from_its_own_schema(api: Api):
+    discovery = await api.get("/openapi/v3")
+    assert {"api/v1", f"apis/{GROUP}/{VERSION}"} <= set(discovery["paths"])
+    url = discovery["paths"][f"apis/{GROUP}/{VERSION}"]["serverRelativeURL"]
+    assert url.startswith(f"/openapi/v3/apis/{GROUP}/{VERSION}?hash=")
+
+    doc = await api.get(url)
+    schema = doc["components"]["schemas"][f"dev.metapolicy.{VERSION}.MetaPolicy"]
+    expected = CRD_SCHEMA["schema"]["openAPIV3Schema"]["properties"]
+    assert schema["properties"]["spec"] == expected["spec"]  # the CRD's, not a copy by hand
+    assert schema["properties"]["status"] == expected["status"]
+    assert schema["x-kubernetes-group-version-kind"] == [
+        {"group": GROUP, "kind": "MetaPolicy", "version": VERSION}
+    ]
+    meta_ref = schema["properties"]["metadata"]["allOf"][0]["$ref"].rsplit("/", 1)[1]
+    assert meta_ref in doc["components"]["schemas"]
+
+    # kubectl leaves validation to the server when PATCH takes fieldValidation, and sends
+    # a JSON merge patch (not a strategic one) for a kind whose PATCH does not accept it.
+    patch = doc["paths"][f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}"]
+    patch = patch["patch"]
+    assert patch["x-kubernetes-group-version-kind"]["kind"] == "MetaPolicy"
+    assert "fieldValidation" in {p["name"] for p in patch["parameters"]}
+    assert STRATEGIC not in patch["requestBody"]["content"]
+    assert MERGE in patch["requestBody"]["content"]
+
+
+async def test_openapi_v3_of_built_ins_has_real_schemas_and_strategic_merge(api: Api):
+    core = await api.get("/openapi/v3/api/v1")
+    node = core["components"]["schemas"]["io.k8s.api.core.v1.Node"]
+    assert node["x-kubernetes-group-version-kind"] == [
+        {"group": "", "kind": "Node", "version": "v1"}
+    ]
+    assert node["type"] == "object"  # not the ["object", "null"] of a JSON Schema
+    status = core["components"]["schemas"]["io.k8s.api.core.v1.NodeStatus"]
+    assert status["properties"]["conditions"]["x-kubernetes-patch-merge-key"] == "type"
+    patch = core["paths"]["/api/v1/nodes/{name}"]["patch"]
+    assert STRATEGIC in patch["requestBody"]["content"]
+    assert "/api/v1/namespaces/{namespace}/pods/{name}/status" in core["paths"]
+
+
+async def test_openapi_v2_is_served_as_json_only(api: Api):
+    protobuf = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+    status, body, _ = await call(api, "GET", "/openapi/v2", accept=protobuf)
+    assert (status, body["reason"]) == (406, "NotAcceptable")  # kubectl goes on without it
+    status, body, _ = await call(api, "GET", "/openapi/v2", accept="application/json")
+    assert status == 200 and body["swagger"] == "2.0"
+    assert f"dev.metapolicy.{VERSION}.MetaPolicy" in body["definitions"]
+
+
+async def test_tables_show_the_crd_printer_columns(api: Api):
+    await api.create(POLICIES, policy("p1", maxNodes=12))
+    status = {"phase": "Ready", "currentNodes": 3, "eligibleNodes": 4, "activeVersion": 2}
+    status["lastAdaptation"] = {"strategy": "zero_padding", "performanceRetention": 0.987}
+    await api.patch(f"{POLICIES}/p1/status", {"status": status})
+
+    code, table, _ = await call(api, "GET", POLICIES, accept=TABLE)
+    assert code == 200 and (table["kind"], table["apiVersion"]) == ("Table", "meta.k8s.io/v1")
+    columns = {c["name"]: c for c in table["columnDefinitions"]}
+    assert list(columns) == [
+        "Name", "Nodes", "Max", "Phase", "Strategy", "Retention", "Version",
+        "Eligible", "Message", "Age",
+    ]  # fmt: skip
+    assert (columns["Eligible"]["priority"], columns["Phase"]["priority"]) == (1, 0)
+    assert columns["Max"]["type"] == "integer" and columns["Age"]["type"] == "date"
+    (row,) = table["rows"]
+    assert row["cells"][:9] == ["p1", 3, 12, "Ready", "zero_padding", 0.987, 2, 4, None]
+    assert re.fullmatch(r"\d+s", row["cells"][9])  # an age, as kubectl prints it
+    assert row["object"]["kind"] == "PartialObjectMetadata"
+    assert row["object"]["metadata"]["name"] == "p1"
+
+    _, full, _ = await call(api, "GET", f"{POLICIES}/p1?includeObject=Object", accept=TABLE)
+    assert full["rows"][0]["object"]["status"]["phase"] == "Ready"
+    assert len(full["rows"]) == 1
+
+
+async def test_tables_of_cluster_scoped_nodes_use_the_servers_columns(api: Api):
+    body = node("n1", **{"node-role.kubernetes.io/worker": ""})
+    body["status"] |= {
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "nodeInfo": {"kubeletVersion": "v1.37.0"},
+        "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+    }
+    await api.create(NODES, body)
+    await api.create(NODES, node("n2"))
+    await api.patch(f"{NODES}/n2", {"spec": {"unschedulable": True}})
+
+    _, table, _ = await call(api, "GET", NODES, accept=TABLE)
+    names = [c["name"] for c in table["columnDefinitions"] if c["priority"] == 0]
+    assert names == ["Name", "Status", "Roles", "Age", "Version"]
+    rows = {row["cells"][0]: row["cells"] for row in table["rows"]}
+    assert rows["n1"][1:3] == ["Ready", "worker"] and rows["n1"][4:6] == ["v1.37.0", "10.0.0.1"]
+    assert rows["n2"][1:3] == ["Unknown,SchedulingDisabled", "<none>"]
+
+
+async def test_admission_defaults_the_spec_and_serves_it_defaulted(api: Api):
+    created = await api.create(POLICIES, policy("p1"))
+    assert created["spec"]["maxNodes"] == 20
+    assert created["spec"]["adaptation"]["settleSeconds"] == 10
+    assert (await api.get(f"{POLICIES}/p1"))["spec"] == created["spec"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "message"),
+    [
+        (
+            {"maxNodes": 0},
+            "spec.maxNodes",
+            "Invalid value: 0: spec.maxNodes in body should be greater than or equal to 1",
+        ),
+        (
+            {"architecture": "mlp"},
+            "spec.architecture",
+            'Unsupported value: "mlp": supported values: "node-set", "slot-mlp"',
+        ),
+        (
+            {"maxNodes": "ten"},
+            "spec.maxNodes",
+            'Invalid value: "string": spec.maxNodes in body must be of type integer: "string"',
+        ),
+        (
+            {"nodeSelector": {"matchExpressions": [{"key": "zone", "operator": "In"}]}},
+            "spec.nodeSelector.matchExpressions[0].values",
+            "Invalid value: values must be non-empty when operator is In or NotIn, and empty "
+            "when operator is Exists or DoesNotExist",
+        ),
+        (
+            {"storage": {"backend": "filesystem"}},
+            "spec.storage.path",
+            "Required value: storage.path is required when storage.backend is filesystem",
+        ),
+    ],
+    ids=["minimum", "enum", "type", "cel", "cel-required"],
+)
+async def test_admission_rejects_an_invalid_spec_as_the_api_server(
+    api: Api, spec: dict[str, Any], field: str, message: str
+):
+    code, status, _ = await call(api, "POST", POLICIES, policy("bad", **spec))
+    assert code == 422 and status["kind"] == "Status" and status["reason"] == "Invalid"
+    cause = status["details"]["causes"][0]
+    assert (cause["field"], cause["message"]) == (field, message)
+    assert status["message"].startswith(f'MetaPolicy.{GROUP} "bad" is invalid: ')
+    assert f"{field}: {message}" in status["message"]
+    assert await api.find(f"{POLICIES}/bad") is None
+
+    await api.create(POLICIES, policy("good"))  # a patch to the same is rejected the same way
+    code, status, _ = await call(
+        api, "PATCH", f"{POLICIES}/good", {"spec": spec}, content_type=MERGE
+    )
+    assert code == 422 and status["details"]["causes"][0]["field"] == field
+    assert (await api.get(f"{POLICIES}/good"))["spec"]["maxNodes"] == 20
+
+
+async def test_unknown_fields_are_an_error_when_strict_and_pruned_with_a_warning_else(api: Api):
+    body = policy("p1", maxNode=10)  # a typo
+    code, status, _ = await call(api, "POST", f"{POLICIES}?fieldValidation=Strict", body)
+    assert (code, status["reason"]) == (400, "BadRequest")
+    assert status["message"] == (
+        'MetaPolicy in version "v1alpha1" cannot be handled as a MetaPolicy: '
+        'strict decoding error: unknown field "spec.maxNode"'
+    )
+
+    code, created, headers = await call(api, "POST", POLICIES, body)  # Warn: the default
+    assert code == 200 and "maxNode" not in created["spec"]
+    assert headers.getall("Warning") == ['299 - "unknown field \\"spec.maxNode\\""']
+
+    patch = {"spec": {"bogus": 1}}
+    url = f"{POLICIES}/p1?fieldValidation=Strict"
+    code, status, _ = await call(api, "PATCH", url, patch, content_type=MERGE)
+    assert code == 422 and status["details"]["causes"][0]["field"] == "patch"
+    assert 'unknown field "spec.bogus"' in status["message"]
+    url = f"{POLICIES}/p1?fieldValidation=Ignore"
+    code, patched, headers = await call(api, "PATCH", url, patch, content_type=MERGE)
+    assert code == 200 and "bogus" not in patched["spec"] and "Warning" not in headers
+
+
+async def test_status_subresource_is_validated_on_its_own(api: Api):
+    await api.create(POLICIES, policy("p1"))
+    bad = {"status": {"phase": "Seen"}}
+    code, status, _ = await call(api, "PATCH", f"{POLICIES}/p1/status", bad, content_type=MERGE)
+    assert code == 422 and status["details"]["causes"][0]["field"] == "status.phase"
+
+    # Written through the main resource, status is ignored (not validated, not stored).
+    patched = await api.patch(f"{POLICIES}/p1", {"spec": {"maxNodes": 5}, "status": bad["status"]})
+    assert patched["spec"]["maxNodes"] == 5 and "status" not in patched
+    fine = {"status": {"phase": "Ready", "kopf": {"progress": {"any": {"thing": 1}}}}}
+    patched = await api.patch(f"{POLICIES}/p1/status", fine)
+    assert patched["status"] == fine["status"]  # status.kopf preserves unknown fields
+
+
+async def test_an_object_stored_invalid_can_still_get_metadata_changes(
+    cluster: EmbeddedCluster, api: Api
+):
+    """Validation ratchets: kopf must be able to add its finalizer to an old object."""
+    resource = kmock.resource(GROUP, VERSION, PLURAL)
+    cluster.emulator.seed(resource, policy("old", maxNodes=0) | {"metadata": {
+        "name": "old", "namespace": "default"}})  # fmt: skip
+    patched = await api.patch(f"{POLICIES}/old", {"metadata": {"finalizers": ["example.com/f"]}})
+    assert patched["metadata"]["finalizers"] == ["example.com/f"]
+    code, _, _ = await call(
+        api, "PATCH", f"{POLICIES}/old", {"spec": {"hiddenSize": 32}}, content_type=MERGE
+    )
+    assert code == 422  # a spec change is validated again, and maxNodes: 0 is still wrong
+
+
+async def test_defaults_added_to_the_crd_show_on_objects_already_stored(api: Api):
+    await api.create(POLICIES, policy("p1"))
+    path = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/newField"
+    added = {"type": "string", "default": "x", "description": "added later"}
+    crd = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{PLURAL}.{GROUP}"
+    op = [{"op": "add", "path": path, "value": added}]
+    await api.request("PATCH", crd, body=op, content_type=JSON_PATCH)
+    assert (await api.get(f"{POLICIES}/p1"))["spec"]["newField"] == "x"  # defaulted on read
+    listed = await api.get(POLICIES)
+    assert listed["items"][0]["spec"]["newField"] == "x"
+
+
+async def test_every_patch_type_and_replace(api: Api):
+    body = node("n1")
+    body["status"]["conditions"] = [
+        {"type": "Ready", "status": "True"},
+        {"type": "MemoryPressure", "status": "False"},
+    ]
+    created = await api.create(NODES, body)
+
+    # Strategic merge: conditions merge by their "type" key, directives are not stored.
+    smp = {
+        "status": {
+            "$setElementOrder/conditions": [{"type": "Ready"}, {"type": "MemoryPressure"}],
+            "conditions": [{"type": "Ready", "status": "False"}],
+        }
+    }
+    status = await api.request("PATCH", f"{NODES}/n1/status", body=smp, content_type=STRATEGIC)
+    assert status["status"]["conditions"] == [
+        {"type": "Ready", "status": "False"},
+        {"type": "MemoryPressure", "status": "False"},
+    ]
+    code, error, _ = await call(  # not for custom resources, as on a real server
+        api, "PATCH", POLICIES + "/x", {"spec": {}}, content_type=STRATEGIC
+    )
+    assert code in (404, 415)
+    await api.create(POLICIES, policy("p1"))
+    code, error, _ = await call(api, "PATCH", f"{POLICIES}/p1", {}, content_type=STRATEGIC)
+    assert (code, error["reason"]) == (415, "UnsupportedMediaType")
+
+    # Replace (PUT): the resourceVersion is a precondition.
+    current = await api.get(f"{NODES}/n1")
+    current["metadata"]["labels"] = {"replaced": "yes"}
+    replaced = await api.request("PUT", f"{NODES}/n1", body=current)
+    assert replaced["metadata"]["labels"] == {"replaced": "yes"}
+    assert replaced["metadata"]["uid"] == created["metadata"]["uid"]
+    code, error, _ = await call(api, "PUT", f"{NODES}/n1", current)  # stale now
+    assert (code, error["reason"]) == (409, "Conflict")
+
+    # Server-side apply creates what does not exist, and merges into what does.
+    applied = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n9", "labels": {"a": "1"}}}
+    url = f"{NODES}/n9?fieldManager=test"
+    code, created, _ = await call(api, "PATCH", url, applied, content_type=APPLY)
+    assert code == 200 and created["metadata"]["labels"] == {"a": "1"}
+    applied["metadata"]["labels"] = {"b": "2"}
+    _, merged, _ = await call(api, "PATCH", url, applied, content_type=APPLY)
+    assert merged["metadata"]["labels"] == {"a": "1", "b": "2"}
+
+
+async def test_generation_counts_spec_changes_only(api: Api):
+    created = await api.create(POLICIES, policy("p1", maxNodes=5))
+    assert created["metadata"]["generation"] == 1
+    same = await api.patch(f"{POLICIES}/p1", {"spec": {"maxNodes": 5}})
+    assert same["metadata"]["generation"] == 1
+    labelled = await api.patch(f"{POLICIES}/p1", {"metadata": {"labels": {"a": "b"}}})
+    assert labelled["metadata"]["generation"] == 1
+    changed = await api.patch(f"{POLICIES}/p1", {"spec": {"maxNodes": 6}})
+    assert changed["metadata"]["generation"] == 2
+    assert int(changed["metadata"]["resourceVersion"]) > int(
+        labelled["metadata"]["resourceVersion"]
+    )
+
+
+async def test_not_found_is_worded_as_the_api_server(api: Api):
+    code, status, _ = await call(api, "GET", f"{POLICIES}/missing")
+    assert (code, status["reason"]) == (404, "NotFound")
+    assert status["message"] == f'{PLURAL}.{GROUP} "missing" not found'
+    code, status, _ = await call(api, "DELETE", f"{NODES}/missing")
+    assert (code, status["message"]) == (404, 'nodes "missing" not found')
+
+
+async def test_watch_list_ends_its_initial_events_with_a_bookmark(api: Api):
+    await api.create(NODES, node("n1"))
+    path = (
+        f"{NODES}?sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan"
+    )
+    events = [e async for e in api.watch(path, timeout_seconds=0.3)]
+    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
+    annotations = events[1]["object"]["metadata"]["annotations"]
+    assert annotations == {"k8s.io/initial-events-end": "true"}
