@@ -350,6 +350,7 @@ class RuleFailure(NamedTuple):
     path: str  # of the value the rule is on; list indexes are numbers (``spec.x.0``)
     rule: dict[str, Any]  # the entry of x-kubernetes-validations (rule, message, fieldPath...)
     message: str  # the rule's message, plus why when the evaluation itself failed
+    detail: str = ""  # why the evaluation failed ("" when the rule was simply false)
 
 
 def cel_errors(value: Any, node: dict[str, Any], path: str = "") -> list[RuleFailure]:
@@ -364,7 +365,8 @@ def cel_errors(value: Any, node: dict[str, Any], path: str = "") -> list[RuleFai
             continue
         ok, detail = eval_rule(rule["rule"], value, node)
         if not ok:
-            errors.append(RuleFailure(path, rule, f"{rule_message(rule)} {detail}".strip()))
+            message = f"{rule_message(rule)} {detail}".strip()
+            errors.append(RuleFailure(path, rule, message, detail))
 
     def sub_path(key: object) -> str:
         return f"{path}.{key}" if path else str(key)
