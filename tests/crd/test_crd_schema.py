@@ -54,6 +54,7 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
     "hiddenSize": 64,
     "architecture": "node-set",
     "strategy": "auto",
+    "paused": False,
     "adaptation": {
         "settleSeconds": 10,
         "budgetSteps": 50000,
