@@ -29,6 +29,7 @@ from metapolicy.policy import SlotPolicy
 from metapolicy.ppo import Freeze, PPOSettings
 from metapolicy.selection import BestWeights, train_keeping_best
 from metapolicy.strategies import changed_slots, choose_strategy, resize
+from metapolicy.traces import Workload
 from metapolicy.workload import WorkloadSpec
 
 
@@ -45,7 +46,7 @@ class AdaptationSettings:
     select_episodes: int = 16  # 0: keep the last fine-tuned weights instead of the best
     select_every: int = 2  # updates between two scorings of the weights
     seed: int = 0
-    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    workload: Workload = field(default_factory=WorkloadSpec)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Validation:
 
 
 def validate(
-    candidate: SlotPolicy, backup: SlotPolicy, workload: WorkloadSpec | None, episodes: int
+    candidate: SlotPolicy, backup: SlotPolicy, workload: Workload | None, episodes: int
 ) -> Validation:
     """Paired returns of candidate and backup on the same evaluation seeds."""
     seeds = evaluation_seeds(episodes)

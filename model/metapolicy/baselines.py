@@ -1,4 +1,6 @@
-"""Heuristic placement baselines. A learned policy is only worth serving if it beats all of them."""
+"""Heuristic placement baselines. A learned policy is only worth serving if it beats all of them,
+kube-scheduler's own default scoring (`kube_default`) first: that is what a cluster does
+without us."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from metapolicy.sim import Observation, PlacementSim
+from metapolicy.features import Observation
+from metapolicy.sim import PlacementSim
 
 Agent = Callable[[PlacementSim, Observation], np.ndarray]
 
@@ -47,4 +50,92 @@ def myopic(sim: PlacementSim, obs: Observation) -> np.ndarray:
     return _argmin_where(cost, obs.mask, obs.mask)
 
 
-HEURISTICS: dict[str, Agent] = {"greedy": greedy, "least_loaded": least_loaded, "myopic": myopic}
+# ----- kube-scheduler's own scoring ------------------------------------------------------------
+MAX_NODE_SCORE = 100  # framework.MaxNodeScore
+
+
+def least_allocated_scores(
+    requested: tuple[np.ndarray, np.ndarray], allocatable: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """NodeResourcesFit, scoring strategy LeastAllocated, cpu and memory with weight 1 each
+    (kubernetes pkg/scheduler/framework/plugins/noderesources/least_allocated.go):
+    per resource `(allocatable - requested) * 100 / allocatable` (0 when over), integer
+    division, then the weighted mean, again an integer. `requested` includes the pod."""
+    per_resource = [
+        np.where(req > alloc, 0, np.floor((alloc - req) * MAX_NODE_SCORE / alloc))
+        for req, alloc in zip(requested, allocatable, strict=True)
+    ]
+    return np.floor(sum(per_resource) / len(per_resource))
+
+
+def most_allocated_scores(
+    requested: tuple[np.ndarray, np.ndarray], allocatable: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """NodeResourcesFit, scoring strategy MostAllocated (most_allocated.go): per resource
+    `min(requested, allocatable) * 100 / allocatable`, integer division, weighted mean."""
+    per_resource = [
+        np.floor(np.minimum(req, alloc) * MAX_NODE_SCORE / alloc)
+        for req, alloc in zip(requested, allocatable, strict=True)
+    ]
+    return np.floor(sum(per_resource) / len(per_resource))
+
+
+def balanced_allocation_scores(
+    requested: tuple[np.ndarray, np.ndarray], allocatable: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """NodeResourcesBalancedAllocation (balanced_allocation.go): with two resources the
+    standard deviation of the requested fractions (each capped at 1) is |f_cpu - f_mem| / 2,
+    and the score is `int((1 - std) * 100)`. `requested` includes the pod."""
+    cpu, memory = (np.minimum(r / a, 1.0) for r, a in zip(requested, allocatable, strict=True))
+    return np.floor((1 - np.abs(cpu - memory) / 2) * MAX_NODE_SCORE)
+
+
+def kube_default_scores(
+    requested: tuple[np.ndarray, np.ndarray], allocatable: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """The default profile's resource scores summed with their plugin weights (1 and 1):
+    NodeResourcesFit (LeastAllocated) + NodeResourcesBalancedAllocation, 0..200. The default
+    profile's other score plugins (affinity, taints, topology spread, image locality) score
+    every node of a plain pod alike here."""
+    return least_allocated_scores(requested, allocatable) + balanced_allocation_scores(
+        requested, allocatable
+    )
+
+
+def _tie_noise(sim: PlacementSim) -> np.ndarray:
+    """Below one score point, deterministic per (episode, step, node): kube-scheduler picks
+    uniformly among the top-scored nodes (selectHost), and so do these heuristics, while an
+    episode still replays identically."""
+    seeds = np.asarray(sim.seeds, float)[:, None]
+    nodes = np.arange(sim.size)[None, :]
+    x = np.sin(seeds * 12.9898 + sim.step_index * 78.233 + nodes * 37.719) * 43758.5453
+    return (x - np.floor(x)) * 0.5
+
+
+def _after(sim: PlacementSim) -> tuple[tuple[np.ndarray, np.ndarray], tuple]:
+    cpu, memory, _ = sim.current_task()
+    requested = (sim.used_cpu + cpu[:, None], sim.used_memory + memory[:, None])
+    return requested, (sim.cpu, sim.memory)
+
+
+def kube_default(sim: PlacementSim, obs: Observation) -> np.ndarray:
+    """kube-scheduler's default scoring among the nodes the pod fits (NodeResourcesFit's filter)."""
+    _, fits, _ = sim.placement()
+    score = kube_default_scores(*_after(sim)) + _tie_noise(sim)
+    return _argmin_where(-score, fits & obs.mask, obs.mask)
+
+
+def most_allocated(sim: PlacementSim, obs: Observation) -> np.ndarray:
+    """Bin packing: NodeResourcesFit with the MostAllocated strategy, among nodes that fit."""
+    _, fits, _ = sim.placement()
+    score = most_allocated_scores(*_after(sim)) + _tie_noise(sim)
+    return _argmin_where(-score, fits & obs.mask, obs.mask)
+
+
+HEURISTICS: dict[str, Agent] = {
+    "greedy": greedy,
+    "least_loaded": least_loaded,
+    "myopic": myopic,
+    "kube_default": kube_default,
+    "most_allocated": most_allocated,
+}

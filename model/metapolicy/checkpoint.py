@@ -11,7 +11,9 @@ from metapolicy.cluster import NodeProfile
 from metapolicy.policy import ARCHITECTURES, SlotPolicy
 from metapolicy.store import Checkpoint, CorruptCheckpointError
 
-SCHEMA = 1
+# 2: the observation of features.py (only what a scheduler knows). Schema 1 policies read the
+# true task durations and end times; they cannot be served honestly, so they are refused.
+SCHEMA = 2
 
 
 def policy_to_checkpoint(policy: SlotPolicy, **meta: Any) -> Checkpoint:
@@ -31,6 +33,11 @@ def policy_to_checkpoint(policy: SlotPolicy, **meta: Any) -> Checkpoint:
 
 def policy_from_checkpoint(checkpoint: Checkpoint) -> SlotPolicy:
     meta = checkpoint.meta
+    if meta.get("schema") != SCHEMA:
+        raise CorruptCheckpointError(
+            f"checkpoint schema {meta.get('schema')!r} is not {SCHEMA}: it was trained on an "
+            "observation this version no longer builds; train a new policy"
+        )
     try:
         cls = ARCHITECTURES[meta["architecture"]]
         nodes = [NodeProfile.from_dict(n) for n in meta["nodes"]]

@@ -17,7 +17,7 @@ import torch
 from metapolicy.cluster import NodeProfile
 from metapolicy.policy import MASKED_LOGIT, SlotPolicy
 from metapolicy.sim import PlacementSim
-from metapolicy.workload import WorkloadSpec
+from metapolicy.traces import Workload
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class DistillSettings:
 def collect_states(
     student: SlotPolicy,
     nodes: Sequence[NodeProfile],
-    workload: WorkloadSpec | None,
+    workload: Workload | None,
     s: DistillSettings,
 ):
     """Observations of the new cluster along the student's own (sampled) trajectories."""
@@ -92,7 +92,7 @@ def distill(
     student: SlotPolicy,
     teacher: SlotPolicy,
     nodes: Sequence[NodeProfile],
-    workload: WorkloadSpec | None = None,
+    workload: Workload | None = None,
     settings: DistillSettings | None = None,
 ) -> tuple[float, float]:
     """Train the whole student to match the teacher; returns KL (before, after) on the states."""

@@ -11,8 +11,9 @@ import numpy as np
 from gymnasium import spaces
 
 from metapolicy.cluster import NodeProfile, make_cluster
-from metapolicy.sim import NODE_FEATURES, TASK_FEATURES, Observation, PlacementSim
-from metapolicy.workload import WorkloadSpec
+from metapolicy.features import NODE_FEATURES, TASK_FEATURES, Observation
+from metapolicy.sim import PlacementSim
+from metapolicy.traces import Workload
 
 ENV_ID = "MetaPolicyPlacement-v0"
 FEATURE_BOUND = 1e4  # features are ratios and scaled sizes; finite bounds keep tooling happy
@@ -30,7 +31,7 @@ class PlacementEnv(gym.Env):
     def __init__(
         self,
         nodes: Sequence[NodeProfile] | None = None,
-        workload: WorkloadSpec | None = None,
+        workload: Workload | None = None,
         available: Sequence[bool] | None = None,
     ) -> None:
         self.sim = PlacementSim(nodes or make_cluster(8), workload, batch=1, available=available)

@@ -15,13 +15,13 @@ import numpy as np
 from metapolicy.baselines import HEURISTICS, Agent, make_random
 from metapolicy.cluster import NodeProfile
 from metapolicy.sim import PlacementSim
-from metapolicy.workload import WorkloadSpec
+from metapolicy.traces import Workload
 
 
 def episode_returns(
     agent: Agent,
     nodes: Sequence[NodeProfile],
-    workload: WorkloadSpec | None,
+    workload: Workload | None,
     seeds: Sequence[int],
 ) -> np.ndarray:
     """Undiscounted return of one episode per seed, all episodes stepped as one batch."""
@@ -55,7 +55,7 @@ class Reference:
 
 
 def reference(
-    nodes: Sequence[NodeProfile], workload: WorkloadSpec | None, seeds: Sequence[int]
+    nodes: Sequence[NodeProfile], workload: Workload | None, seeds: Sequence[int]
 ) -> Reference:
     return Reference(
         random=episode_returns(make_random(seeds[0]), nodes, workload, seeds),

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from metapolicy.cluster import NodeProfile, check_unique
-from metapolicy.sim import COST_FEATURE, NODE_FEATURES, TASK_FEATURES, Observation
+from metapolicy.features import COST_FEATURE, NODE_FEATURES, TASK_FEATURES, Observation
 
 MASKED_LOGIT = -1e9
 # Logits start as -30 x (cost / 100 ms): a 3 ms cheaper node is ~1 logit likelier. A fresh policy's

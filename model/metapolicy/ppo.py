@@ -16,7 +16,7 @@ from torch import nn
 from metapolicy.cluster import NodeProfile
 from metapolicy.policy import SlotPolicy
 from metapolicy.sim import PlacementSim
-from metapolicy.workload import WorkloadSpec
+from metapolicy.traces import Workload
 
 Freeze = Literal["none", "trunk", "gradual"]
 FREEZE_MODES: tuple[str, ...] = ("none", "trunk", "gradual")
@@ -87,7 +87,7 @@ def _set_trainable(policy: SlotPolicy, only_resized: bool) -> list[nn.Parameter]
 def train(
     policy: SlotPolicy,
     nodes: Sequence[NodeProfile],
-    workload: WorkloadSpec | None = None,
+    workload: Workload | None = None,
     settings: PPOSettings | None = None,
     on_update: Callable[[TrainStats], None] | None = None,
 ) -> TrainStats:
@@ -107,7 +107,7 @@ def train(
     start = time.perf_counter()
     if s.group and s.envs % s.group:
         raise ValueError(f"envs={s.envs} is not a multiple of group={s.group}")
-    rollout = sim.workload.episode_tasks if s.group else s.rollout  # groups need whole episodes
+    rollout = sim.episode_tasks if s.group else s.rollout  # groups need whole episodes
     batch = s.envs * rollout
     updates = max(1, s.steps // batch)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.learning_rate, eps=1e-5)

@@ -21,7 +21,7 @@ from metapolicy.cluster import NodeProfile
 from metapolicy.evaluation import episode_returns, evaluation_seeds
 from metapolicy.policy import SlotPolicy
 from metapolicy.ppo import PPOSettings, TrainStats, train
-from metapolicy.workload import WorkloadSpec
+from metapolicy.traces import Workload
 
 SELECTION_SEED_BASE = 20_000  # validation uses 10_000 + i, training episodes small integers
 
@@ -40,7 +40,7 @@ class BestWeights:
         self,
         policy: SlotPolicy,
         nodes: Sequence[NodeProfile],
-        workload: WorkloadSpec | None,
+        workload: Workload | None,
         episodes: int = 16,
         every: int = 2,
     ) -> None:
@@ -81,7 +81,7 @@ class BestWeights:
 def train_keeping_best(
     policy: SlotPolicy,
     nodes: Sequence[NodeProfile],
-    workload: WorkloadSpec | None,
+    workload: Workload | None,
     settings: PPOSettings,
     episodes: int,
     every: int,

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from metapolicy.cluster import NodeProfile, check_unique
+from metapolicy.features import CPU_REF, LATENCY_REF, MEMORY_REF
 from metapolicy.policy import SlotPolicy, SlotTensor
-from metapolicy.sim import CPU_REF, LATENCY_REF, MEMORY_REF
 
 STRATEGIES = ("zero_padding", "weight_interpolation", "knowledge_distillation", "attention_based")
 # Cheapest first; a rollback moves one step up. Distillation is last: it is the only one that

@@ -10,6 +10,7 @@ from metapolicy.evaluation import episode_returns, evaluation_seeds, reference
 from metapolicy.policy import SlotPolicy, make_policy
 from metapolicy.ppo import PPOSettings
 from metapolicy.selection import train_keeping_best
+from metapolicy.traces import Workload
 from metapolicy.workload import WorkloadSpec
 
 # Measured at 8 nodes, hidden 64, seeds 0-2, S on 64 episodes: node-set 1.092/1.058/1.057 at
@@ -28,7 +29,7 @@ class TrainingSettings:
     select_episodes: int = 16  # 0: keep the last weights instead of the best scored
     select_every: int = 8  # updates between two scorings of the weights
     max_nodes: int = 20
-    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    workload: Workload = field(default_factory=WorkloadSpec)
 
     def __post_init__(self) -> None:
         if self.steps is None:

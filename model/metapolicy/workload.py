@@ -1,4 +1,5 @@
-"""The task model the simulator draws from: task classes, load level and bursts."""
+"""The synthetic task model: task classes (sizes, durations, declared attributes), load level
+and bursts. `traces.SyntheticTasks` draws episodes from it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from metapolicy.features import PodAttributes
 
 
 class InvalidWorkload(ValueError):
@@ -25,21 +28,64 @@ class TaskClass:
     weight: float
     cpu: tuple[float, float]  # cores
     memory_mib: tuple[float, float]
-    duration: tuple[float, float]  # seconds
+    duration: tuple[float, float]  # seconds: the truth, never shown to the policy
+    # What the class's pods declare at creation (see features.PodAttributes): the only
+    # duration signal a scheduler has. duration_hint is the annotation value, if any.
+    qos: str = "Burstable"
+    owner: str = "other"
+    gpu: float = 0.0
+    priority: int = 0
+    duration_hint: float | None = None
 
     def __post_init__(self) -> None:
         if not self.weight > 0:
             raise InvalidWorkload(f"task class {self.name}: weight must be positive")
         for attr in ("cpu", "memory_mib", "duration"):
             object.__setattr__(self, attr, _range(f"{self.name}.{attr}", getattr(self, attr)))
+        try:
+            self.attributes()
+        except ValueError as error:
+            raise InvalidWorkload(f"task class {self.name}: {error}") from None
+
+    def attributes(self) -> PodAttributes:
+        return PodAttributes(
+            qos=self.qos,
+            gpu=self.gpu,
+            priority=self.priority,
+            owner=self.owner,
+            duration_hint_s=self.duration_hint,
+        )
 
 
 # Many small short tasks and a few big long ones that only fit the biggest nodes:
-# placing the small ones well now is what keeps room for the big ones later.
+# placing the small ones well now is what keeps room for the big ones later. The small ones
+# come as short batch jobs and longer-lived service replicas of the same sizes (together the
+# same 2-10 s uniform as one class): what they declare is all that tells them apart.
 DEFAULT_TASK_CLASSES = (
-    TaskClass("small", 0.78, cpu=(0.25, 1.0), memory_mib=(256, 2048), duration=(2, 10)),
-    TaskClass("medium", 0.18, cpu=(1.0, 3.0), memory_mib=(2048, 8192), duration=(5, 20)),
-    TaskClass("large", 0.04, cpu=(6.0, 12.0), memory_mib=(16384, 40960), duration=(10, 30)),
+    TaskClass(
+        "batch", 0.39, cpu=(0.25, 1.0), memory_mib=(256, 2048), duration=(2, 6), owner="batch"
+    ),
+    TaskClass(
+        "web",
+        0.39,
+        cpu=(0.25, 1.0),
+        memory_mib=(256, 2048),
+        duration=(6, 10),
+        qos="Guaranteed",
+        owner="service",
+    ),
+    TaskClass(
+        "medium", 0.18, cpu=(1.0, 3.0), memory_mib=(2048, 8192), duration=(5, 20), owner="service"
+    ),
+    TaskClass(
+        "large",
+        0.04,
+        cpu=(6.0, 12.0),
+        memory_mib=(16384, 40960),
+        duration=(10, 30),
+        qos="Guaranteed",
+        owner="stateful",
+    ),
 )
 
 

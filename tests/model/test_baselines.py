@@ -1,4 +1,17 @@
-from metapolicy.baselines import greedy, least_loaded, make_random, myopic
+import numpy as np
+
+from metapolicy.baselines import (
+    HEURISTICS,
+    balanced_allocation_scores,
+    greedy,
+    kube_default,
+    kube_default_scores,
+    least_allocated_scores,
+    least_loaded,
+    make_random,
+    most_allocated_scores,
+    myopic,
+)
 from metapolicy.cluster import make_cluster
 from metapolicy.evaluation import episode_returns, evaluation_seeds
 
@@ -26,6 +39,35 @@ def test_heuristics_never_pick_a_masked_node(nodes, workload):
     sim = PlacementSim(nodes, workload, batch=8, available=available)
     obs, done = sim.reset(3), False
     while not done:
-        for agent in (greedy, least_loaded, myopic, make_random(0)):
+        for agent in (*HEURISTICS.values(), make_random(0)):
             assert all(available[a] for a in agent(sim, obs))
         obs, _, done, _ = sim.step(myopic(sim, obs))
+
+
+def test_kube_default_scores_follow_the_upstream_formulas():
+    """4 cores / 8 GiB with 1 core / 2 GiB requested, a 1-core / 1 GiB pod arriving:
+    LeastAllocated (200*100/400 = 50, 5120*100/8192 = 62.5 -> 62, mean 56) plus
+    BalancedAllocation (fractions 0.5 and 0.375: std 0.0625, (1 - 0.0625)*100 -> 93)."""
+    requested = (np.array([2.0]), np.array([3072.0]))
+    allocatable = (np.array([4.0]), np.array([8192.0]))
+    assert least_allocated_scores(requested, allocatable)[0] == 56
+    assert balanced_allocation_scores(requested, allocatable)[0] == 93
+    assert kube_default_scores(requested, allocatable)[0] == 149
+    assert most_allocated_scores(requested, allocatable)[0] == 43  # (50 + 37) // 2
+    over = (np.array([5.0]), np.array([3072.0]))
+    assert least_allocated_scores(over, allocatable)[0] == 31  # cpu scores 0 when over
+
+
+def test_kube_default_spreads_and_only_uses_nodes_the_pod_fits(nodes, workload):
+    from metapolicy.sim import PlacementSim
+
+    sim = PlacementSim(nodes, workload, batch=4)
+    obs, done, picks = sim.reset(5), False, []
+    while not done:
+        action = kube_default(sim, obs)
+        _, fits, _ = sim.placement()
+        rows = np.arange(sim.batch)
+        assert np.all(fits[rows, action] | ~fits.any(-1))
+        picks.extend(action.tolist())
+        obs, _, done, _ = sim.step(action)
+    assert len(set(picks)) == len(nodes)  # least-allocated spreads over every node

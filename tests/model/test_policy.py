@@ -1,10 +1,12 @@
 import numpy as np
+import pytest
 import torch
 
 from metapolicy.checkpoint import policy_from_checkpoint, policy_to_checkpoint
 from metapolicy.cluster import make_cluster
 from metapolicy.policy import make_policy
 from metapolicy.sim import PlacementSim
+from metapolicy.store import Checkpoint, CorruptCheckpointError
 
 
 def test_act_never_picks_a_masked_or_unknown_node(policy, workload):
@@ -34,6 +36,14 @@ def test_checkpoint_round_trip_keeps_outputs_and_slot_names(policy, workload):
     sim = PlacementSim(policy.nodes, workload, batch=4)
     batch = policy.view(sim.reset(1), sim.names)
     torch.testing.assert_close(policy(*batch), restored(*batch))
+
+
+def test_a_policy_trained_on_the_old_observation_is_refused(policy):
+    """Schema-1 policies read true durations; loading one must fail with a clear reason."""
+    stored = policy_to_checkpoint(policy)
+    old = Checkpoint(tensors=stored.tensors, meta=stored.meta | {"schema": 1})
+    with pytest.raises(CorruptCheckpointError, match="schema 1 is not 2"):
+        policy_from_checkpoint(old)
 
 
 def test_same_seed_same_initial_weights(nodes):

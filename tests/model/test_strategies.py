@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from metapolicy.cluster import NodeProfile, make_cluster, resize_cluster
+from metapolicy.features import NODE_FEATURES
 from metapolicy.policy import SlotPolicy
-from metapolicy.sim import NODE_FEATURES, PlacementSim
+from metapolicy.sim import PlacementSim
 from metapolicy.strategies import (
     STRATEGIES,
     attention_mix,
