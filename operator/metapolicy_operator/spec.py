@@ -52,6 +52,8 @@ class InvalidSpec(ValueError):
 @dataclass(frozen=True)
 class PolicySpec:
     selector: Mapping | None
+    pod_selector: Mapping | None  # None: the policy places no pod
+    namespaces: tuple[str, ...] | None  # None: the MetaPolicy's own namespace
     max_nodes: int
     architecture: str
     training: TrainingSettings
@@ -161,8 +163,18 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
     selector = spec.get("nodeSelector")
     if selector is not None and not isinstance(selector, Mapping):
         raise InvalidSpec(f"spec.nodeSelector must be a label selector, got {selector!r}")
+    pod_selector = spec.get("podSelector")
+    if pod_selector is not None and not isinstance(pod_selector, Mapping):
+        raise InvalidSpec(f"spec.podSelector must be a label selector, got {pod_selector!r}")
+    namespaces = spec.get("namespaces")
+    if namespaces is not None and (
+        not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces)
+    ):
+        raise InvalidSpec(f"spec.namespaces must be a list of names, got {namespaces!r}")
     return PolicySpec(
         selector=selector,
+        pod_selector=pod_selector,
+        namespaces=None if namespaces is None else tuple(namespaces),
         max_nodes=max_nodes,
         architecture=architecture,
         training=TrainingSettings(
