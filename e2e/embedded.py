@@ -230,6 +230,8 @@ class Emulator(kmock.KubernetesEmulator):
                 return served
             if request.method == kmock.method.PUT and request.name is not None:
                 request = self._rewritten(request, action=kmock.action.UPDATE)
+            if _is_binding(request):
+                return await self._serve_binding(request)
             if request.resource is None or request.action not in _WRITES:
                 return await super()._handle(request)
             async with self._writes:  # computed from the version it replaces
@@ -409,6 +411,56 @@ class Emulator(kmock.KubernetesEmulator):
             self.register_crd(new)
         replacement = [{"op": "replace", "path": "", "value": new}]
         return self._rewritten(request, action=kmock.action.UPDATE, data=replacement), warnings
+
+    async def _serve_binding(self, request: kmock.Request) -> aiohttp.web.Response:
+        """``POST .../pods/NAME/binding``: what a scheduler does to place a pod.
+
+        As the API server's BindingREST: the pod gets ``spec.nodeName`` and the condition
+        ``PodScheduled=True``; 409 if it is already bound or being deleted, 404 if it does
+        not exist; the answer is a ``Status`` with code 201. One MODIFIED event follows.
+        """
+        async with self._writes:
+            key = (request.resource, request.namespace, request.name)
+            if key not in self.objects or self.objects[key].deleted:
+                raise _not_found(request.resource, request.name)
+            body = request.data if isinstance(request.data, dict) else {}
+            node = (body.get("target") or {}).get("name")
+            if not node or body.get("kind", "Binding") != "Binding":
+                raise kmock.KubernetesError(
+                    status=400,
+                    reason="BadRequest",
+                    message="a Binding with target.name is required",
+                )
+            pod = copy.deepcopy(self.objects[key].raw)
+            meta, spec = pod.setdefault("metadata", {}), pod.setdefault("spec", {})
+            problem = None
+            if meta.get("deletionTimestamp"):
+                problem = f"pod {request.name} is being deleted, cannot be assigned to a host"
+            elif spec.get("nodeName"):
+                problem = f'pod {request.name} is already assigned to node "{spec["nodeName"]}"'
+            if problem:
+                raise kmock.KubernetesError(status=409, reason="Conflict", message=problem)
+            spec["nodeName"] = node
+            status = pod.setdefault("status", {})
+            conditions = [
+                c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"
+            ]
+            scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}
+            status["conditions"] = [*conditions, scheduled]
+            meta["resourceVersion"] = self._next_revision()
+            replacement = [{"op": "replace", "path": "", "value": pod}]
+            update = self._rewritten(
+                request, action=kmock.action.UPDATE, subresource=None, data=replacement
+            )
+            await super()._handle(update)
+        success = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "code": 201,
+        }
+        return aiohttp.web.json_response(success, status=201)
 
     def _apply_create(self, request: kmock.Request) -> tuple[kmock.Request, list[str]]:
         """Server-side apply of an object that does not exist yet: a create."""
@@ -909,6 +961,17 @@ def _not_found(resource: kmock.resource, name: str | None) -> kmock.KubernetesEr
         reason="NotFound",
         message=f'{_qualified(resource)} "{name}" not found',
         details={k: v for k, v in details.items() if v},
+    )
+
+
+def _is_binding(request: kmock.Request) -> bool:
+    """A pod's binding subresource, posted (KMock guesses no action for it)."""
+    return (
+        request.method == kmock.method.POST
+        and request.resource is not None
+        and (request.resource.group, request.resource.plural) == ("", "pods")
+        and request.name is not None
+        and request.subresource == "binding"
     )
 
 
