@@ -66,6 +66,7 @@ class SlotPolicy(nn.Module):
         self.hidden = hidden
         self.cost_weight = nn.Parameter(torch.tensor(-COST_PRIOR))
         self._views: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._slot_of = {node.name: j for j, node in enumerate(self.nodes)}
 
     @property
     def slot_names(self) -> list[str]:
@@ -97,7 +98,12 @@ class SlotPolicy(nn.Module):
 
     def view(self, obs: Observation, env_names: Sequence[str]) -> tuple[torch.Tensor, ...]:
         """(nodes, task, mask) tensors in slot order; slots whose node is absent are masked."""
-        index, present = self._slot_index(env_names)
+        return self._in_slot_order(obs, *self._slot_index(env_names))
+
+    @staticmethod
+    def _in_slot_order(
+        obs: Observation, index: np.ndarray, present: np.ndarray
+    ) -> tuple[torch.Tensor, ...]:
         mask = obs.mask[:, index] & present
         nodes = np.where(mask[..., None], obs.nodes[:, index], 0.0)
         return torch.from_numpy(nodes), torch.from_numpy(obs.task), torch.from_numpy(mask)
@@ -112,11 +118,42 @@ class SlotPolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (masked logits (B, slots), value (B,))."""
         logits, value = self._forward(nodes, task, mask)
+        return self._with_cost_prior(logits, nodes, mask), value
+
+    def _with_cost_prior(
+        self, logits: torch.Tensor, nodes: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         logits = logits + self.cost_weight * nodes[..., COST_FEATURE]
-        return logits.masked_fill(~mask, MASKED_LOGIT), value
+        return logits.masked_fill(~mask, MASKED_LOGIT)
 
     def _forward(self, nodes, task, mask):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ----- serving: scoring the nodes a scheduler offers ----------------------------------------
+    def scorable(self, env_names: Sequence[str]) -> np.ndarray:
+        """(N,) bool: the nodes `preferences` can score. Here only nodes with a slot; node-set
+        scores any node from its features."""
+        return np.array([name in self._slot_of for name in env_names], bool)
+
+    @torch.inference_mode()
+    def preferences(self, obs: Observation, env_names: Sequence[str]) -> np.ndarray:
+        """Logits (B, N) over the observation's nodes, in `env_names` order; MASKED_LOGIT where
+        the observation masks a node or the policy cannot score it (`scorable`).
+
+        Unlike `view`, nothing is cached per node list: a scheduler offers a different list of
+        candidate nodes with nearly every pod, and a cache keyed by it would grow forever.
+        """
+        slot_env = self._env_index_of_slots(env_names)
+        present = slot_env >= 0
+        logits, _ = self(*self._in_slot_order(obs, np.maximum(slot_env, 0), present))
+        out = np.full(obs.mask.shape, MASKED_LOGIT, np.float32)
+        out[:, slot_env[present]] = logits.numpy()[:, present]
+        return np.where(obs.mask, out, MASKED_LOGIT).astype(np.float32)
+
+    def _env_index_of_slots(self, env_names: Sequence[str]) -> np.ndarray:
+        """(slots,) the env index of each slot's node, -1 where the node is absent."""
+        where = {name: i for i, name in enumerate(env_names)}
+        return np.array([where.get(name, -1) for name in self.slot_names], np.int64)
 
     @torch.inference_mode()
     def act(
@@ -189,7 +226,27 @@ class NodeSetPolicy(SlotPolicy):
         return [SlotTensor("slot_table", axis=0)]
 
     def _forward(self, nodes, task, mask):
-        h = torch.tanh(_concat_linear(self.encode_in, nodes, task) + self.slot_table)
+        return self._forward_with(nodes, task, mask, self.slot_table)
+
+    def scorable(self, env_names: Sequence[str]) -> np.ndarray:
+        return np.ones(len(env_names), bool)
+
+    @torch.inference_mode()
+    def preferences(self, obs: Observation, env_names: Sequence[str]) -> np.ndarray:
+        """Every node in env order, the ones without a slot (a node that joined after the last
+        adaptation) with a zero slot embedding: the shared weights know what a node with those
+        features is worth, and the pooled context sees every node the scheduler offers."""
+        rows = np.array([self._slot_of.get(name, -1) for name in env_names], np.int64)
+        known = torch.from_numpy(rows >= 0)[:, None]
+        table = torch.where(known, self.slot_table[torch.from_numpy(np.maximum(rows, 0))], 0.0)
+        mask = torch.from_numpy(obs.mask)
+        nodes = torch.from_numpy(np.where(obs.mask[..., None], obs.nodes, 0.0))
+        logits, _ = self._forward_with(nodes, torch.from_numpy(obs.task), mask, table)
+        return self._with_cost_prior(logits, nodes, mask).numpy()
+
+    def _forward_with(self, nodes, task, mask, slot_table: torch.Tensor):
+        """The forward pass with the given per-node embedding rows, (N, hidden)."""
+        h = torch.tanh(_concat_linear(self.encode_in, nodes, task) + slot_table)
         h = torch.tanh(self.encode_out(h))
         weight = mask[..., None].float()
         mean = (h * weight).sum(1) / weight.sum(1).clamp(min=1)
