@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "hiddenSize": 64,
     "architecture": "node-set",
     "strategy": "auto",
+    "paused": False,
     "adaptation": {
         "settleSeconds": 10,
         "budgetSteps": 50_000,
@@ -42,7 +43,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "training": {"seed": 0},  # budgetSteps: by architecture (metapolicy.training.DEFAULT_STEPS)
     "storage": {"backend": "configmap", "keepVersions": 5},
+    "serving": {"mode": "active"},
 }
+SERVING_MODES = ("active", "shadow", "off")
 
 
 class InvalidSpec(ValueError):
@@ -64,6 +67,7 @@ class PolicySpec:
     storage_backend: str
     storage_path: str | None
     keep_versions: int
+    serving_mode: str = "active"  # SERVING_MODES: what `metapolicy serve` does with its pods
 
 
 def with_defaults(spec: Mapping | None, defaults: Mapping = DEFAULTS) -> dict:
@@ -207,4 +211,5 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
         storage_backend=backend,
         storage_path=path,
         keep_versions=_number(spec, "storage.keepVersions", 1, 100, integer=True),
+        serving_mode=_choice(spec, "serving.mode", SERVING_MODES),
     )

@@ -72,6 +72,7 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
     },
     "training": {"seed": 0},  # budgetSteps depends on the architecture
     "storage": {"backend": "configmap", "keepVersions": 5},
+    "serving": {"mode": "active"},
 }
 
 # Enum values the operator code relies on.
@@ -86,6 +87,7 @@ ENUMS: dict[str, list[str]] = {
     ],
     "spec.adaptation.freeze": ["none", "trunk", "gradual"],
     "spec.storage.backend": ["configmap", "filesystem"],
+    "spec.serving.mode": ["active", "shadow", "off"],
     "spec.nodeSelector.matchExpressions[].operator": ["In", "NotIn", "Exists", "DoesNotExist"],
     "status.phase": [
         "Pending",
