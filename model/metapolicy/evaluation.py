@@ -15,7 +15,45 @@ import numpy as np
 from metapolicy.baselines import HEURISTICS, Agent, make_random
 from metapolicy.cluster import NodeProfile
 from metapolicy.sim import PlacementSim
-from metapolicy.traces import Workload
+from metapolicy.traces import VALIDATION_SEED_BASE, Workload
+
+
+@dataclass(frozen=True)
+class EpisodeStats:
+    """Per-episode results of one agent: S hides how big a difference is, these say it."""
+
+    returns: np.ndarray  # (E,) undiscounted return
+    cost_ms: np.ndarray  # (E,) mean placement cost per task, rejections included
+    reject_rate: np.ndarray  # (E,) share of tasks that fit nowhere they were sent
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "cost_ms": float(self.cost_ms.mean()),
+            "reject_rate": float(self.reject_rate.mean()),
+        }
+
+
+def episode_stats(
+    agent: Agent,
+    nodes: Sequence[NodeProfile],
+    workload: Workload | None,
+    seeds: Sequence[int],
+) -> EpisodeStats:
+    """One episode per seed, all stepped as one batch: returns, cost per task, rejections."""
+    sim = PlacementSim(nodes, workload, batch=len(seeds))
+    obs = sim.reset(list(seeds))
+    rows = np.arange(len(seeds))
+    total, cost_sum, rejected = np.zeros(len(seeds)), np.zeros(len(seeds)), np.zeros(len(seeds))
+    done = False
+    while not done:
+        actions = np.asarray(agent(sim, obs), np.int64)
+        _, fits, _ = sim.placement()
+        rejected += ~(fits[rows, actions] & sim.available[actions])
+        obs, reward, done, cost = sim.step(actions)
+        total += reward
+        cost_sum += cost
+    tasks = sim.episode_tasks
+    return EpisodeStats(returns=total, cost_ms=cost_sum / tasks, reject_rate=rejected / tasks)
 
 
 def episode_returns(
@@ -25,14 +63,7 @@ def episode_returns(
     seeds: Sequence[int],
 ) -> np.ndarray:
     """Undiscounted return of one episode per seed, all episodes stepped as one batch."""
-    sim = PlacementSim(nodes, workload, batch=len(seeds))
-    obs = sim.reset(list(seeds))
-    total = np.zeros(len(seeds))
-    done = False
-    while not done:
-        obs, reward, done, _ = sim.step(agent(sim, obs))
-        total += reward
-    return total
+    return episode_stats(agent, nodes, workload, seeds).returns
 
 
 @dataclass(frozen=True)
@@ -57,13 +88,21 @@ class Reference:
 def reference(
     nodes: Sequence[NodeProfile], workload: Workload | None, seeds: Sequence[int]
 ) -> Reference:
-    return Reference(
-        random=episode_returns(make_random(seeds[0]), nodes, workload, seeds),
-        heuristics={
-            name: episode_returns(agent, nodes, workload, seeds)
-            for name, agent in HEURISTICS.items()
-        },
+    return reference_stats(nodes, workload, seeds)[0]
+
+
+def reference_stats(
+    nodes: Sequence[NodeProfile], workload: Workload | None, seeds: Sequence[int]
+) -> tuple[Reference, dict[str, EpisodeStats]]:
+    """The reference and every heuristic's (and random's) full episode stats, one pass each."""
+    stats = {"random": episode_stats(make_random(seeds[0]), nodes, workload, seeds)}
+    for name, agent in HEURISTICS.items():
+        stats[name] = episode_stats(agent, nodes, workload, seeds)
+    ref = Reference(
+        random=stats["random"].returns,
+        heuristics={name: stats[name].returns for name in HEURISTICS},
     )
+    return ref, stats
 
 
 @dataclass(frozen=True)
@@ -102,6 +141,7 @@ def _ratio(cand, ref_new, backup, ref_old, index) -> float:
     return ref_new.score(cand, index) / max(ref_old.score(backup, index), 1e-9)
 
 
-def evaluation_seeds(episodes: int, base: int = 10_000) -> list[int]:
-    """Fixed evaluation seeds, disjoint from training seeds (which are small integers)."""
+def evaluation_seeds(episodes: int, base: int = VALIDATION_SEED_BASE) -> list[int]:
+    """Fixed evaluation seeds, disjoint from training seeds (which are small integers); a trace
+    replays them on its validation windows only (`traces.is_validation_seed`)."""
     return [base + i for i in range(episodes)]

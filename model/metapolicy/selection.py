@@ -21,9 +21,10 @@ from metapolicy.cluster import NodeProfile
 from metapolicy.evaluation import episode_returns, evaluation_seeds
 from metapolicy.policy import SlotPolicy
 from metapolicy.ppo import PPOSettings, TrainStats, train
-from metapolicy.traces import Workload
+from metapolicy.traces import SELECTION_SEED_BASE, Workload
 
-SELECTION_SEED_BASE = 20_000  # validation uses 10_000 + i, training episodes small integers
+# Validation uses 10_000 + i and training episodes small integers; a trace replays selection
+# seeds on its training windows, never on the validation ones (traces.TraceTasks).
 
 
 def selection_seeds(episodes: int) -> list[int]:

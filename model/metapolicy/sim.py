@@ -83,7 +83,8 @@ class PlacementSim:
         self._placement = None
         # Arrival rate is set by the whole cluster's capacity, masked nodes included: a policy
         # that cannot use new nodes faces the load they were added for.
-        self.tasks: TaskBatch = self.source.draw(self.seeds, float(self.cpu.sum()))
+        largest = (float(self.cpu.max()), float(self.memory.max()))
+        self.tasks: TaskBatch = self.source.draw(self.seeds, float(self.cpu.sum()), largest)
         gap = np.full((self.batch, PRESSURE_WINDOW - 1), np.nan)
         self._arrivals = np.concatenate([gap, self.tasks.arrival], axis=1)
         return self._observe()

@@ -36,6 +36,7 @@ FORMAT = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 ACTIVE_FILE = "ACTIVE"
+TRACE_FILE = "observed-trace.json.gz"  # the policy's recorded workload (metapolicy.observed)
 _LOCK_FILE = ".lock"
 _TMP_PREFIX = ".tmp-"  # anything starting with this is an unfinished write
 _VERSION_DIR = re.compile(r"^v(\d+)$")
@@ -200,7 +201,20 @@ class CheckpointStore(abc.ABC):
         """Refuses (raises) unless `version` is stored and loads cleanly."""
 
     @abc.abstractmethod
-    def delete_all(self) -> None: ...
+    def delete_all(self) -> None:
+        """Every version, the active pointer and the observed trace."""
+
+    # The observed workload trace lives next to the checkpoints and goes with them. It is opaque
+    # bytes here (metapolicy.observed encodes it); a save replaces it whole, atomically.
+    trace_limit: int | None = None  # bytes a stored trace may take; None: no limit
+
+    @abc.abstractmethod
+    def save_trace(self, data: bytes) -> None:
+        """Replace the stored trace: readers see the old one or the new one, never a mix."""
+
+    @abc.abstractmethod
+    def load_trace(self) -> bytes | None:
+        """The stored trace, or None if nothing was recorded yet."""
 
     def latest_valid(self) -> tuple[int, Checkpoint] | None:
         for version in reversed(self.versions()):
@@ -307,6 +321,26 @@ class FilesystemStore(CheckpointStore):
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+
+    def save_trace(self, data: bytes) -> None:
+        """Written under a `.tmp-*` name, fsynced, then renamed over the old one: a crash
+        mid-write leaves the previous trace (and debris that the next writer sweeps)."""
+        with self._locked():
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
+            os.close(fd)
+            try:
+                _write(Path(tmp), data)
+                os.replace(tmp, self.root / TRACE_FILE)
+                _fsync_dir(self.root)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    def load_trace(self) -> bytes | None:
+        try:
+            return (self.root / TRACE_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def delete_all(self) -> None:
         with self._locked():

@@ -40,6 +40,7 @@ from kubernetes.client.exceptions import ApiException
 
 from metapolicy.store import (
     MANIFEST_FILE,
+    TRACE_FILE,
     WEIGHTS_FILE,
     Checkpoint,
     CheckpointError,
@@ -59,6 +60,7 @@ T = TypeVar("T")
 WEIGHTS_KEY = WEIGHTS_FILE + ".gz"  # in binaryData
 MANIFEST_KEY = MANIFEST_FILE  # in data
 POINTER_KEY = "version"  # in the pointer's data
+TRACE_KEY = TRACE_FILE  # in the trace's binaryData (already gzip-compressed)
 
 MANAGED_BY = "metapolicy-operator"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -67,6 +69,7 @@ LABEL_VERSION = "metapolicy.dev/version"
 LABEL_KIND = "metapolicy.dev/kind"
 KIND_CHECKPOINT = "checkpoint"
 KIND_POINTER = "pointer"
+KIND_TRACE = "trace"
 
 OWNER_API_VERSION = "metapolicy.dev/v1alpha1"
 OWNER_KIND = "MetaPolicy"
@@ -114,6 +117,8 @@ class ConfigMapStore(CheckpointStore):
     """Versioned checkpoints of one MetaPolicy as ConfigMaps in its namespace."""
 
     max_bytes: int = MAX_BYTES
+    #: base64 makes 3 bytes 4: what a trace may take before encoding, with room for metadata
+    trace_limit: int = (MAX_BYTES - 4096) * 3 // 4
 
     def __init__(
         self,
@@ -229,6 +234,57 @@ class ConfigMapStore(CheckpointStore):
             {"data": data},
         )
 
+    def save_trace(self, data: bytes) -> None:
+        """One ConfigMap, `{policy}-trace`, created or replaced by one write: the API server
+        stores the whole object or nothing, so a kill mid-write keeps the previous trace."""
+        if len(data) > self.trace_limit:
+            raise CheckpointError(
+                f"observed trace of MetaPolicy {self.policy!r} is {len(data)} bytes, over the "
+                f"{self.trace_limit}-byte limit of a ConfigMap"
+            )
+        name = self._trace_name()
+        body = {
+            "metadata": self._metadata(name, KIND_TRACE),
+            "binaryData": {TRACE_KEY: base64.b64encode(data).decode("ascii")},
+        }
+        existing = self._read(name)
+        if existing is not None and not self._is_ours(existing, KIND_TRACE):
+            raise CheckpointError(
+                f"ConfigMap {self.namespace}/{name} exists but is not the observed trace of "
+                f"MetaPolicy {self.policy!r}; not overwriting it"
+            )
+        if existing is None:
+            try:
+                self._call(
+                    f"create ConfigMap {name}",
+                    self.core.create_namespaced_config_map,
+                    self.namespace,
+                    body,
+                )
+                return
+            except CheckpointApiError as e:
+                if e.status != 409:
+                    raise
+        self._call(
+            f"replace ConfigMap {name}",
+            self.core.replace_namespaced_config_map,
+            name,
+            self.namespace,
+            body,
+        )
+
+    def load_trace(self) -> bytes | None:
+        config_map = self._read(self._trace_name())
+        if config_map is None or not self._is_ours(config_map, KIND_TRACE):
+            return None
+        packed = (config_map.binary_data or {}).get(TRACE_KEY)
+        if packed is None:
+            return None
+        try:
+            return base64.b64decode(packed, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise CheckpointError(f"bad base64 in ConfigMap {self._trace_name()}: {e}") from e
+
     def delete_all(self) -> None:
         # List + delete, not deletecollection: KMock does not serve deletecollection, and this
         # deletes exactly the ConfigMaps checked to be ours (see `_list`).
@@ -242,6 +298,9 @@ class ConfigMapStore(CheckpointStore):
 
     def _pointer_name(self) -> str:
         return f"{self.prefix}-active"
+
+    def _trace_name(self) -> str:
+        return f"{self.prefix}-trace"
 
     def _metadata(self, name: str, kind: str, version: int | None = None) -> dict[str, Any]:
         labels = {
@@ -344,6 +403,8 @@ class ConfigMapStore(CheckpointStore):
             label_selector=",".join(f"{k}={v}" for k, v in selector.items()),
         )
         names = {self._pointer_name()} if kind in (None, KIND_POINTER) else set()
+        if kind in (None, KIND_TRACE):
+            names.add(self._trace_name())
         return [
             item
             for item in result.items
