@@ -45,9 +45,35 @@ def by_kind(objects):
 
 
 @pytest.fixture(scope="session")
-def deployment(by_kind) -> dict[str, Any]:
-    (deployment,) = by_kind("Deployment")
-    return deployment
+def by_name(objects):
+    def find(kind: str, name: str) -> dict[str, Any]:
+        (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+        return found
+
+    return find
+
+
+@pytest.fixture(scope="session")
+def deployment(by_name) -> dict[str, Any]:
+    """The operator's Deployment."""
+    return by_name("Deployment", "metapolicy-operator")
+
+
+@pytest.fixture(scope="session")
+def serve_deployment(by_name) -> dict[str, Any]:
+    """The placement server's Deployment (`metapolicy serve`)."""
+    return by_name("Deployment", "metapolicy-serve")
+
+
+@pytest.fixture(scope="session")
+def scheduler_objects() -> list[dict[str, Any]]:
+    """Every object of manifests/scheduler/ (the second kube-scheduler profile)."""
+    base = MANIFESTS / "scheduler"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((base / name).read_text()) if d]
+    return docs
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,6 @@ MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 KUBERNETES_VERSIONS = ("1.28", kubernetes_validate.latest_version())
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 NAMESPACE = "metapolicy-system"
-LABELS = {"app.kubernetes.io/name": "metapolicy-operator"}
 
 
 def test_resources_exist_and_parse(kustomization):
@@ -51,17 +50,28 @@ def test_builtin_objects_match_the_kubernetes_schema(objects, version):
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} on {version}: {error.message}")
 
 
-def test_service_monitor_scrapes_the_service(by_kind):
-    (monitor,) = by_kind("ServiceMonitor")
-    (service,) = by_kind("Service")
+#: Each component's Service, its ports (name -> port), and the Deployment behind it.
+COMPONENTS = {
+    "metapolicy-operator": {"metrics": 8080},
+    "metapolicy-serve": {"extender": 8090, "metrics": 8091},
+}
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_service_monitor_scrapes_the_service(by_name, name):
+    monitor = by_name("ServiceMonitor", name)
+    service = by_name("Service", name)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(monitor["spec"]) == {"selector", "endpoints"}
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "15s"}
-    assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
-    assert service["spec"]["ports"][0]["port"] == 8080
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == COMPONENTS[name]
+
+
+def test_one_service_monitor_per_component(by_kind):
+    assert sorted(m["metadata"]["name"] for m in by_kind("ServiceMonitor")) == sorted(COMPONENTS)
 
 
 def test_prometheus_rule_shape(by_kind):
@@ -77,12 +87,17 @@ def test_prometheus_rule_shape(by_kind):
             assert all(isinstance(v, str) for v in texts.values())
 
 
-def test_service_selects_the_operator_pods(by_kind, deployment):
-    (service,) = by_kind("Service")
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_service_selects_the_components_pods(by_name, name):
+    service, deployment = by_name("Service", name), by_name("Deployment", name)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert LABELS.items() <= pod_labels.items()
+    assert {"app.kubernetes.io/name": name}.items() <= pod_labels.items()
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for port in service["spec"]["ports"]:
+        assert ports[port["targetPort"]] == port["port"], port
 
 
 def test_operator_command(deployment):
@@ -107,7 +122,9 @@ def test_operator_arguments_are_accepted_by_the_cli(deployment):
     assert args.workers == 2 and args.peering is None  # standalone
 
 
-def test_pod_is_locked_down(deployment):
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_pod_is_locked_down(by_name, name):
+    deployment = by_name("Deployment", name)
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     security = container["securityContext"]
@@ -117,7 +134,7 @@ def test_pod_is_locked_down(deployment):
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
-    assert pod["serviceAccountName"] == "metapolicy-operator"
+    assert pod["serviceAccountName"] == name
     # The only writable path: /tmp on an emptyDir.
     (mount,) = container["volumeMounts"]
     assert mount["mountPath"] == "/tmp"

@@ -1,8 +1,10 @@
-"""RBAC grants every API call the operator makes, and nothing else.
+"""RBAC grants every API call each component makes, and nothing else.
 
-CALLS is the list of calls, each with where it is made: kopf's (from the handlers it runs) by
-hand, the operator's own by scanning its source for kubernetes-client methods (CLIENT_METHODS
-maps each to its call), so a new call there fails here until it is listed and granted.
+Two ServiceAccounts, two lists. CALLS is the operator's, each call with where it is made:
+kopf's (from the handlers it runs) by hand, the operator's own by scanning its source for
+kubernetes-client methods (CLIENT_METHODS maps each to its call). SERVE_CALLS is the placement
+server's (`metapolicy serve`), found by scanning operator/metapolicy_operator/serving/ the same
+way (SERVE_CLIENT_METHODS). A new call in either fails here until it is listed and granted.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from pathlib import Path
 import pytest
 
 OPERATOR_SOURCE = Path(__file__).resolve().parents[2] / "operator" / "metapolicy_operator"
+SERVE_SOURCE = OPERATOR_SOURCE / "serving"
+NAMESPACE = "metapolicy-system"
 SERVICE_ACCOUNT = {"kind": "ServiceAccount", "name": "metapolicy-operator"}
+SERVE_ACCOUNT = {"kind": "ServiceAccount", "name": "metapolicy-serve"}
+#: Not run by the operator's ServiceAccount: the kubectl plugin runs with the user's own
+#: credentials (whatever `kubectl` uses), the emulator is test machinery.
+NOT_THE_OPERATOR = {"kubectl_plugin.py", "embedded.py"}
 
 # (API group, resource, verb): why.
 CALLS = {
@@ -60,14 +68,54 @@ CLIENT_METHODS = {
 }
 
 
-@pytest.fixture(scope="module")
-def granted(by_kind) -> set[tuple[str, str, str]]:
-    """(group, resource, verb) the operator's ServiceAccount gets through its bindings."""
+# The placement server's calls (`metapolicy serve`, operator/metapolicy_operator/serving/).
+# It only reads: caches of nodes, pods and MetaPolicies (list, then watch), and the checkpoint
+# store's ConfigMaps (the active pointer, watched, and the active version, read).
+SERVE_CALLS = {
+    ("", "nodes", "list"): "serving: node cache (informer.py lists, then watches)",
+    ("", "nodes", "watch"): "serving: node cache",
+    ("", "pods", "list"): "serving: pod cache (informer.py lists, then watches)",
+    ("", "pods", "watch"): "serving: pod cache",
+    ("metapolicy.dev", "metapolicies", "list"): "serving: policies.py, which policy places a pod",
+    ("metapolicy.dev", "metapolicies", "watch"): "serving: policies.py",
+    ("", "configmaps", "get"): "serving: the active version's checkpoint (ConfigMapStore)",
+    ("", "configmaps", "list"): "serving: the active pointer (informer) and the store's versions",
+    ("", "configmaps", "watch"): "serving: the active pointer, so a promotion arrives at once",
+}
+
+# Every kubernetes-client method named in serving/ -> the calls it makes there. The list
+# methods feed informer.py, which calls each with watch=True after listing.
+SERVE_CLIENT_METHODS = {
+    "list_node": {("", "nodes", "list"), ("", "nodes", "watch")},
+    "list_pod_for_all_namespaces": {("", "pods", "list"), ("", "pods", "watch")},
+    "list_namespaced_pod": {("", "pods", "list"), ("", "pods", "watch")},
+    "list_cluster_custom_object": {
+        ("metapolicy.dev", "metapolicies", "list"),
+        ("metapolicy.dev", "metapolicies", "watch"),
+    },
+    "list_namespaced_custom_object": {
+        ("metapolicy.dev", "metapolicies", "list"),
+        ("metapolicy.dev", "metapolicies", "watch"),
+    },
+    "list_config_map_for_all_namespaces": {("", "configmaps", "list"), ("", "configmaps", "watch")},
+    "list_namespaced_config_map": {("", "configmaps", "list"), ("", "configmaps", "watch")},
+    "read_namespaced_config_map": {("", "configmaps", "get")},
+}
+
+#: Each component: its ServiceAccount, its calls, and the sources scanned for client methods.
+COMPONENTS = {
+    "operator": (SERVICE_ACCOUNT, CALLS),
+    "serve": (SERVE_ACCOUNT, SERVE_CALLS),
+}
+
+
+def _granted(by_kind, account: dict[str, str]) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) the ServiceAccount gets through its (Cluster)RoleBindings."""
     roles = {r["metadata"]["name"]: r for r in by_kind("ClusterRole")}
     bound = [
         b["roleRef"]["name"]
-        for b in by_kind("ClusterRoleBinding")
-        if any(SERVICE_ACCOUNT.items() <= s.items() for s in b["subjects"])
+        for b in by_kind("ClusterRoleBinding") + by_kind("RoleBinding")
+        if any(account.items() <= s.items() for s in b["subjects"])
     ]
     return {
         (group, resource, verb)
@@ -79,23 +127,41 @@ def granted(by_kind) -> set[tuple[str, str, str]]:
     }
 
 
-def test_every_call_is_granted(granted):
-    missing = {call: why for call, why in CALLS.items() if call not in granted}
-    assert not missing, f"not granted: {missing}"
+@pytest.fixture(scope="module")
+def granted(by_kind) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) the operator's ServiceAccount gets through its bindings."""
+    return _granted(by_kind, SERVICE_ACCOUNT)
 
 
-def test_nothing_else_is_granted(granted, by_kind):
-    assert granted <= CALLS.keys(), f"granted but never called: {granted - CALLS.keys()}"
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_every_call_is_granted(by_kind, component):
+    account, calls = COMPONENTS[component]
+    granted = _granted(by_kind, account)
+    missing = {call: why for call, why in calls.items() if call not in granted}
+    assert not missing, f"{component}: not granted: {missing}"
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_nothing_else_is_granted(by_kind, component):
+    account, calls = COMPONENTS[component]
+    granted = _granted(by_kind, account)
+    assert granted <= calls.keys(), (
+        f"{component}: granted but never called: {granted - calls.keys()}"
+    )
     for role in by_kind("ClusterRole"):
         for rule in role["rules"]:
             assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
             assert "resourceNames" not in rule and "nonResourceURLs" not in rule, rule
 
 
-def test_calls_in_the_code_are_listed():
-    """Any method of the kubernetes client's *Api classes named in the operator's source."""
+def test_the_server_only_reads():
+    verbs = {verb for _, _, verb in SERVE_CALLS}
+    assert verbs <= {"get", "list", "watch"}, verbs
+
+
+def _api_methods() -> set[str]:
     api_source = Path(importlib.util.find_spec("kubernetes").origin).parent / "client" / "api"
-    api_methods = {
+    return {
         method
         for path in api_source.glob("*_api.py")  # read, not imported: importing all is slow
         for method in re.findall(
@@ -104,21 +170,50 @@ def test_calls_in_the_code_are_listed():
         )
         if not method.endswith("_with_http_info")
     }
-    sources = [p for p in OPERATOR_SOURCE.glob("*.py") if p.name != "embedded.py"]  # test-only
-    called = {
-        word for path in sources for word in re.findall(r"\.(\w+)", path.read_text())
-    } & api_methods
+
+
+def _called(sources: list[Path]) -> set[str]:
+    return {word for path in sources for word in re.findall(r"\.(\w+)", path.read_text())}
+
+
+def test_calls_in_the_code_are_listed():
+    """Any method of the kubernetes client's *Api classes named in the operator's source."""
+    sources = [p for p in OPERATOR_SOURCE.glob("*.py") if p.name not in NOT_THE_OPERATOR]
+    called = _called(sources) & _api_methods()
     assert called, "no client call found: has the code moved?"
     unknown = called - CLIENT_METHODS.keys()
     assert not unknown, f"add these calls to CLIENT_METHODS and CALLS, and grant them: {unknown}"
     assert set(CLIENT_METHODS.values()) <= CALLS.keys()
 
 
-def test_bindings_name_the_deployments_service_account(by_kind, deployment):
-    (account,) = by_kind("ServiceAccount")
-    assert account["metadata"]["name"] == SERVICE_ACCOUNT["name"]
-    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == SERVICE_ACCOUNT["name"]
+def test_the_servers_calls_in_the_code_are_listed():
+    """The same for serving/: every client method it names is in SERVE_CLIENT_METHODS."""
+    sources = sorted(SERVE_SOURCE.glob("*.py"))
+    called = _called(sources) & _api_methods()
+    if not called:
+        pytest.skip("no client call in serving/ yet")
+    unknown = called - SERVE_CLIENT_METHODS.keys()
+    assert not unknown, f"add to SERVE_CLIENT_METHODS and SERVE_CALLS, and grant: {unknown}"
+    made = set().union(*(SERVE_CLIENT_METHODS[m] for m in called))
+    assert made <= SERVE_CALLS.keys(), made - SERVE_CALLS.keys()
+
+
+@pytest.mark.parametrize(
+    ("component", "deployment_name"),
+    [("operator", "metapolicy-operator"), ("serve", "metapolicy-serve")],
+)
+def test_bindings_name_the_deployments_service_account(
+    by_kind, by_name, component, deployment_name
+):
+    account, _ = COMPONENTS[component]
+    assert by_name("ServiceAccount", account["name"])
+    deployment = by_name("Deployment", deployment_name)
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["name"]
     roles = {r["metadata"]["name"] for r in by_kind("ClusterRole")}
+    names = {a["name"] for a, _ in COMPONENTS.values()}
+    assert {a["metadata"]["name"] for a in by_kind("ServiceAccount")} == names
     for binding in by_kind("ClusterRoleBinding"):
         assert binding["roleRef"]["name"] in roles
-        assert binding["subjects"] == [SERVICE_ACCOUNT | {"namespace": "metapolicy-system"}]
+        (subject,) = binding["subjects"]
+        assert subject["kind"] == "ServiceAccount" and subject["namespace"] == NAMESPACE
+        assert subject["name"] in names
