@@ -323,8 +323,9 @@ class TraceTasks:
 
     def describe(self) -> dict:
         info = dict(self.trace.info)
+        observed = info.get("format") == "observed"
         return {
-            "source": "trace",
+            "source": "observed" if observed else "trace",
             "format": info.get("format"),
             "tasks": len(self.trace),
             "censored": int(self.trace.censored.sum()),

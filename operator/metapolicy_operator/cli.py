@@ -20,6 +20,7 @@ from metapolicy.store import FilesystemStore
 from metapolicy.strategies import ESCALATION, STRATEGIES, choose_strategy
 from metapolicy.timeline import progress, render
 from metapolicy.training import TrainingSettings, train_initial
+from metapolicy_operator import cli_evaluate
 from metapolicy_operator.main import add_arguments
 
 
@@ -33,7 +34,11 @@ def load_nodes(args: argparse.Namespace) -> list[NodeProfile]:
 def cmd_train(args: argparse.Namespace) -> int:
     nodes = load_nodes(args)
     settings = TrainingSettings(
-        architecture=args.architecture, hidden=args.hidden, steps=args.steps, seed=args.seed
+        architecture=args.architecture,
+        hidden=args.hidden,
+        steps=args.steps,
+        seed=args.seed,
+        workload=cli_evaluate.workload_from_args(args),
     )
     bar = progress("train")
     result = train_initial(nodes, settings, lambda f: bar("ppo", f))
@@ -73,6 +78,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         min_retention=args.min_retention,
         max_nodes=args.max_nodes,
         seed=args.seed,
+        workload=cli_evaluate.workload_from_args(args),
     )
     result = adapt(backup, new_nodes, settings, on_progress=progress("adapt"))
     record = result.to_dict()
@@ -147,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--steps", type=int, help="default: 300000 for node-set, 1000000 for slot-mlp")
     p.add_argument("--seed", type=int, default=0)
+    cli_evaluate.add_workload_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("adapt", help="adapt the active policy to a changed node set")
@@ -161,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-retention", type=float, default=0.9)
     p.add_argument("--max-nodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    cli_evaluate.add_workload_arguments(p)
     p.set_defaults(func=cmd_adapt)
+    cli_evaluate.register(sub)
 
     p = sub.add_parser("inspect", help="list stored versions (* = active)")
     p.add_argument("--store", required=True)
