@@ -22,6 +22,7 @@ from metapolicy.timeline import progress, render
 from metapolicy.training import TrainingSettings, train_initial
 from metapolicy_operator import cli_evaluate
 from metapolicy_operator.main import add_arguments
+from metapolicy_operator.serving.command import add_arguments as serve_arguments
 
 
 def load_nodes(args: argparse.Namespace) -> list[NodeProfile]:
@@ -137,6 +138,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from metapolicy_operator.serving.command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metapolicy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the Kubernetes operator")
     add_arguments(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="run the placement server (kube-scheduler extender)")
+    serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="peering priority; the highest runs, the others wait. Default with --peering: "
         "random, so identical replicas never tie (kopf pauses every peer on a tie)",
     )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="also run the placement server (as `metapolicy serve`) in this process",
+    )
+    parser.add_argument("--serve-port", type=int, default=8090, help="its port, with --serve")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--verbose", action="store_true")
 
@@ -74,11 +80,20 @@ def run(args: argparse.Namespace) -> int:
     priority = args.priority
     if args.peering and priority is None:
         priority = random.randint(1, 2**31 - 1)
-    kopf.run(
-        standalone=args.peering is None,
-        peering_name=args.peering,
-        priority=priority,
-        namespaces=args.namespace,
-        clusterwide=not args.namespace,
-    )
+    server = None
+    if args.serve:  # small installs: scheduling and training in one process
+        from metapolicy_operator.serving.command import start_in_thread
+
+        server = start_in_thread(args.kubeconfig, args.namespace, args.serve_port)
+    try:
+        kopf.run(
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            priority=priority,
+            namespaces=args.namespace,
+            clusterwide=not args.namespace,
+        )
+    finally:
+        if server is not None:
+            server.stop()
     return 0
