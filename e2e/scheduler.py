@@ -28,6 +28,7 @@ alone, for the demo's comparison.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -52,6 +53,7 @@ from e2e.kube_rules import (
     untolerated_taint,
     usage_by_node,
 )
+from e2e.kubelet import Kubelet
 from metapolicy_operator.pods import InvalidPod, Requests, pod_requests
 
 SCHEDULER_NAME = "metapolicy-scheduler"
@@ -126,6 +128,7 @@ class SchedulerDriver:
     decisions: list[Decision] = field(default_factory=list)
     counterfactual: Counterfactual = field(default_factory=Counterfactual)
     errors: list[str] = field(default_factory=list)
+    kubelet: Kubelet | None = None  # set by `scheduling()`
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -390,3 +393,31 @@ class SchedulerDriver:
         if self.on_decision is not None:
             self.on_decision(decision)
         return decision
+
+
+@contextlib.contextmanager
+def scheduling(
+    kube: Kube, extender: ExtenderConfig | None, *, seed: int = 0, timeout: float = 30.0
+) -> Iterator[SchedulerDriver]:
+    """The driver with its pod and node informers and the minimal kubelet, for a block.
+
+    Waits (bounded) until both caches are synced before yielding; stops everything on exit.
+    The kubelet is `driver.kubelet`.
+    """
+    pods, nodes = Informer(kube, "pods"), Informer(kube, "nodes")
+    driver = SchedulerDriver(kube, extender, pods, nodes, seed=seed)
+    driver.kubelet = Kubelet(kube, pods, driver.scheduler_name)
+    pods.start()
+    nodes.start()
+    try:
+        for informer in (pods, nodes):
+            if not informer.synced.wait(timeout):
+                raise TimeoutError(f"the {informer.kind} informer did not sync in {timeout:.0f}s")
+        driver.kubelet.start()
+        driver.start()
+        yield driver
+    finally:
+        driver.stop()
+        driver.kubelet.stop()
+        pods.stop()
+        nodes.stop()
