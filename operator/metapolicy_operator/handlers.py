@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 import kubernetes
 
-from metapolicy_operator import jobs
+from metapolicy_operator import jobs, recorder
 from metapolicy_operator.config import OperatorConfig
 from metapolicy_operator.controller import (
     GROUP,
@@ -28,6 +28,7 @@ from metapolicy_operator.inventory import eligibility, node_profile
 from metapolicy_operator.metrics import Metrics, serve
 
 RUNTIME_KEY = "metapolicy-runtime"
+recorder.register(RUNTIME_KEY)  # the workload recorder: pods -> each policy's observed trace
 
 
 def node_digest(body: kopf.Body) -> tuple:

@@ -17,6 +17,7 @@ from metapolicy.adapt import AdaptationSettings
 from metapolicy.policy import ARCHITECTURES
 from metapolicy.ppo import FREEZE_MODES
 from metapolicy.strategies import STRATEGIES
+from metapolicy.trace_files import FORMATS as TRACE_FILE_FORMATS
 from metapolicy.training import TrainingSettings
 from metapolicy.workload import InvalidWorkload, TaskClass, WorkloadSpec
 
@@ -40,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
         "burstProbability": 0.02,
         "burstLength": 20,
         "episodeTasks": 256,
+        "source": "synthetic",
+        "minObservedTasks": 1000,
+        "recording": {"maxTasks": 50_000, "maxAgeSeconds": 604_800, "flushSeconds": 30},
     },
     "training": {"seed": 0},  # budgetSteps: by architecture (metapolicy.training.DEFAULT_STEPS)
     "storage": {"backend": "configmap", "keepVersions": 5},
@@ -50,6 +54,25 @@ SERVING_MODES = ("active", "shadow", "off")
 
 class InvalidSpec(ValueError):
     """The spec cannot be used; the message names the field."""
+
+
+WORKLOAD_SOURCES = ("synthetic", "trace", "observed")
+TRACE_FORMATS = ("auto", *TRACE_FILE_FORMATS)
+
+
+@dataclass(frozen=True)
+class WorkloadSource:
+    """spec.workload.source and what it needs. `training.workload` and `adaptation.workload`
+    hold the synthetic model; the controller swaps in the resolved source
+    (`metapolicy_operator.workloads.resolve_workload`)."""
+
+    source: str = "synthetic"
+    trace_path: str | None = None
+    trace_format: str = "auto"
+    min_observed_tasks: int = 1000
+    max_tasks: int = 50_000
+    max_age_seconds: float = 604_800.0
+    flush_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,7 @@ class PolicySpec:
     storage_path: str | None
     keep_versions: int
     serving_mode: str = "active"  # SERVING_MODES: what `metapolicy serve` does with its pods
+    workload_source: WorkloadSource = WorkloadSource()
 
 
 def with_defaults(spec: Mapping | None, defaults: Mapping = DEFAULTS) -> dict:
@@ -133,6 +157,32 @@ def _task_classes(items) -> tuple[TaskClass, ...] | None:
 
 def _range(value: Mapping | None, default: tuple[float, float]) -> tuple[float, float]:
     return default if value is None else (float(value["min"]), float(value["max"]))
+
+
+def _workload_source(spec: Mapping) -> WorkloadSource:
+    source = _choice(spec, "workload.source", WORKLOAD_SOURCES)
+    trace = spec["workload"].get("trace") or {}
+    if not isinstance(trace, Mapping):
+        raise InvalidSpec(f"spec.workload.trace must be an object, got {trace!r}")
+    path, trace_format = trace.get("path"), trace.get("format") or "auto"
+    if path is not None and (not isinstance(path, str) or not path):
+        raise InvalidSpec(f"spec.workload.trace.path={path!r} is not a file path")
+    if trace_format not in TRACE_FORMATS:
+        raise InvalidSpec(
+            f"spec.workload.trace.format={trace_format!r} is not one of {', '.join(TRACE_FORMATS)}"
+        )
+    if source == "trace" and not path:
+        raise InvalidSpec("spec.workload.trace.path is required when spec.workload.source is trace")
+    rec = "workload.recording."
+    return WorkloadSource(
+        source=source,
+        trace_path=path,
+        trace_format=trace_format,
+        min_observed_tasks=_number(spec, "workload.minObservedTasks", 16, 1_000_000, True),
+        max_tasks=_number(spec, rec + "maxTasks", 100, 1_000_000, integer=True),
+        max_age_seconds=_number(spec, rec + "maxAgeSeconds", 3_600, 31_536_000, integer=True),
+        flush_seconds=_number(spec, rec + "flushSeconds", 1, 3_600, integer=True),
+    )
 
 
 def parse_spec(raw: Mapping | None) -> PolicySpec:
@@ -211,5 +261,6 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
         storage_backend=backend,
         storage_path=path,
         keep_versions=_number(spec, "storage.keepVersions", 1, 100, integer=True),
+        workload_source=_workload_source(spec),
         serving_mode=_choice(spec, "serving.mode", SERVING_MODES),
     )

@@ -69,6 +69,9 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
         "burstProbability": 0.02,
         "burstLength": 20,
         "episodeTasks": 256,
+        "source": "synthetic",
+        "minObservedTasks": 1000,
+        "recording": {"maxTasks": 50000, "maxAgeSeconds": 604800, "flushSeconds": 30},
     },
     "training": {"seed": 0},  # budgetSteps depends on the architecture
     "storage": {"backend": "configmap", "keepVersions": 5},
@@ -87,6 +90,8 @@ ENUMS: dict[str, list[str]] = {
     ],
     "spec.adaptation.freeze": ["none", "trunk", "gradual"],
     "spec.storage.backend": ["configmap", "filesystem"],
+    "spec.workload.source": ["synthetic", "trace", "observed"],
+    "spec.workload.trace.format": ["auto", "generic", "alibaba-gpu-v2023"],
     "spec.serving.mode": ["active", "shadow", "off"],
     "spec.nodeSelector.matchExpressions[].operator": ["In", "NotIn", "Exists", "DoesNotExist"],
     "status.phase": [
@@ -512,6 +517,9 @@ SELECTOR_ITEM = "spec.nodeSelector.matchExpressions[]"
 
 # (schema path, self value, expected result of every rule at that node)
 CEL_CASES: list[tuple[str, Any, bool]] = [
+    ("spec.workload", {"source": "trace", "trace": {"path": "/t.csv"}}, True),
+    ("spec.workload", {"source": "observed"}, True),
+    ("spec.workload", {"source": "trace"}, False),
     ("spec.storage", {}, True),  # the raw default the API server checks at CRD creation
     ("spec.storage", {"backend": "configmap"}, True),
     ("spec.storage", {"backend": "configmap", "keepVersions": 3}, True),
