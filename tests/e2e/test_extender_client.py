@@ -26,7 +26,7 @@ NODES = [{"metadata": {"name": n}, "status": {"allocatable": {"cpu": "4"}}} for 
 def client(url: str, **changes) -> ExtenderClient:
     config = ExtenderConfig.from_dict(
         {"urlPrefix": f"{url}/scheduler", "filterVerb": "filter", "prioritizeVerb": "prioritize",
-         "weight": 50, "httpTimeout": "2s", "nodeCacheCapable": True, "ignorable": True}
+         "weight": 20, "httpTimeout": "2s", "nodeCacheCapable": True, "ignorable": True}
     )  # fmt: skip
     return ExtenderClient(config if not changes else ExtenderConfig(**vars(config) | changes))
 
@@ -34,11 +34,11 @@ def client(url: str, **changes) -> ExtenderClient:
 def test_the_shipped_configuration():
     config = shipped_extender()
     assert config.url_prefix == "http://metapolicy-serve.metapolicy-system.svc:8090/scheduler"
-    assert (config.weight, config.http_timeout_s) == (50, 0.1)
+    assert (config.weight, config.http_timeout_s) == (20, 0.1)
     assert config.node_cache_capable and config.ignorable
-    assert config.score_factor() == 500  # Score x weight x MaxNodeScore / MaxExtenderPriority
+    assert config.score_factor() == 200  # Score x weight x MaxNodeScore / MaxExtenderPriority
     local = config.at("http://127.0.0.1:9999")
-    assert local.url_prefix == "http://127.0.0.1:9999/scheduler" and local.weight == 50
+    assert local.url_prefix == "http://127.0.0.1:9999/scheduler" and local.weight == 20
 
 
 @pytest.mark.parametrize(

@@ -99,8 +99,8 @@ def test_pods_go_to_the_extenders_top_choice(kube, nodes, stand_in):
         assert [d.node for d in decisions] == [names[-1]] * 5
         assert all(d.extender_decided and d.followed_extender for d in decisions)
         assert {d.default_choice for d in decisions[1:]} <= set(names[:2])  # emptier nodes
-        for d in decisions:  # default + Score x 50 x 10
-            assert d.totals[names[-1]] == d.default_scores[names[-1]] + 10 * 500
+        for d in decisions:  # default + Score x 20 x 10
+            assert d.totals[names[-1]] == d.default_scores[names[-1]] + 10 * 200
         # Bound through the API, then started by the kubelet.
         for d in decisions:
             pod = kube.core.read_namespaced_pod(d.pod.split("/")[1], "default")

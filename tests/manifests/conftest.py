@@ -13,6 +13,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from metapolicy_operator.metrics import Metrics
+from metapolicy_operator.serving.metrics import ServeMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -123,19 +124,20 @@ def expressions(rules, dashboard_expressions) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def exposed() -> dict[str, tuple[str, ...]]:
-    """Every series name the operator exports -> its label names, from its own registry."""
-    metrics = Metrics()
-    labels = {
-        m._name: tuple(m._labelnames)  # prometheus-client has no public getter for these
-        for m in vars(metrics).values()
-        if isinstance(m, MetricWrapperBase)
-    }
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    """Every series name the operator and the placement server export -> its label names,
+    from their own registries."""
     names = {}
-    for family in metrics.registry.collect():
-        for suffix in suffixes.get(family.type, ("",)):
-            extra = ("le",) if suffix == "_bucket" else ()
-            names[family.name + suffix] = labels[family.name] + extra
+    for metrics in (Metrics(), ServeMetrics()):
+        labels = {
+            m._name: tuple(m._labelnames)  # prometheus-client has no public getter for these
+            for m in vars(metrics).values()
+            if isinstance(m, MetricWrapperBase)
+        }
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+        for family in metrics.registry.collect():
+            for suffix in suffixes.get(family.type, ("",)):
+                extra = ("le",) if suffix == "_bucket" else ()
+                names[family.name + suffix] = labels[family.name] + extra
     return names
 
 

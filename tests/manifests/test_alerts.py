@@ -64,6 +64,9 @@ def test_the_alerts(alerts):
         "MetaPolicyAdaptationFailing",
         "MetaPolicyStale",
         "MetaPolicyOperatorDown",
+        "MetaPolicyServeFallbacksHigh",
+        "MetaPolicyServerDown",
+        "MetaPolicyServeCacheStale",
     }
 
 

@@ -31,6 +31,7 @@ import yaml
 
 from e2e.extender import SCHEDULER_CONFIG, ExtenderConfig, parse_go_duration
 from e2e.scheduler import SCHEDULER_NAME
+from metapolicy_operator.serving.scores import RUNNER_UP, TOP
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 KUBERNETES_VERSIONS = ("1.28", kubernetes_validate.latest_version())
@@ -167,9 +168,10 @@ def test_extender_points_at_the_server(configuration, by_name, serve_deployment)
     )
     assert (extender.filter_verb, extender.prioritize_verb) == ("filter", "prioritize")
     assert extender.node_cache_capable and extender.ignorable and not entry["enableHTTPS"]
-    # One point of extender score outweighs the spread of the default plugins' scores for a
-    # plain pod (resource plugins 0..200, ImageLocality 0..100): the policy's top node wins.
-    assert extender.score_factor() > 300
+    # The policy's choice (TOP) leads every other node by TOP - RUNNER_UP points, which must
+    # outweigh the spread of the default plugins' totals for a Deployment's pod: resource
+    # plugins 0..200, default topology spreading 0..200 (weight 2), ImageLocality 0..100.
+    assert (TOP - RUNNER_UP) * extender.score_factor() > 200 + 200 + 100
     # The timeout leaves the server room for its own budget, after which it answers itself.
     (container,) = serve_deployment["spec"]["template"]["spec"]["containers"]
     budget_ms = float(
