@@ -110,11 +110,14 @@ class FilterResult:
 
 
 class ExtenderClient:
-    """Calls one extender; `seconds` holds the duration of the last call (for the records)."""
+    """Calls one extender. `seconds` and `headers` are the last call's duration and response
+    headers, for the records (kube-scheduler reads neither; the MetaPolicy server says there
+    which outcome and version answered)."""
 
     def __init__(self, config: ExtenderConfig) -> None:
         self.config = config
         self.seconds = 0.0
+        self.headers: dict[str, str] = {}
 
     def _args(self, pod: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if self.config.node_cache_capable:
@@ -130,9 +133,11 @@ class ExtenderClient:
             url, data=body, method="POST", headers={"Content-Type": "application/json"}
         )
         started = time.monotonic()
+        self.headers = {}
         try:
             with urllib.request.urlopen(request, timeout=self.config.http_timeout_s) as answer:
                 status, text = answer.status, answer.read()
+                self.headers = dict(answer.headers.items())
         except urllib.error.HTTPError as error:
             raise ExtenderError(f"{verb}: HTTP {error.code} from {url}") from None
         except (urllib.error.URLError, OSError, TimeoutError) as error:

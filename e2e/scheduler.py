@@ -82,6 +82,9 @@ class Decision:
     reason: str | None = None  # why the pod was not bound
     extender_seconds: float = 0.0  # filter + prioritize, wall clock
     bound_at: float | None = None
+    # What the MetaPolicy server said in its prioritize answer's headers (None: not said).
+    outcome: str | None = None  # policy, neutral, fallback, shadow
+    version: int | None = None  # the checkpoint version that scored
 
     @property
     def extender_top(self) -> tuple[str, ...]:
@@ -345,11 +348,15 @@ class SchedulerDriver:
         for name, score in scores.items():
             if name in totals:
                 totals[name] += score * factor
+        headers = {k.lower(): v for k, v in self.client.headers.items()}
+        version = headers.get("x-metapolicy-version")
         return replace(
             decision,
             totals=totals,
             extender_scores=scores,
             extender_seconds=decision.extender_seconds + self.client.seconds,
+            outcome=headers.get("x-metapolicy-outcome"),
+            version=int(version) if version and version.isdigit() else None,
         )
 
     def _bind(
