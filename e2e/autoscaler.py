@@ -356,8 +356,10 @@ class Autoscaler:
                 GROUP, VERSION, self.namespace, PLURAL, body
             )
         except kubernetes.client.ApiException as error:
-            if error.status == 422 and args.get("invalid") and self.kube.real:
-                self.rejected.add(name)  # admission caught it first: also a correct outcome
+            if error.status == 422 and args.get("invalid"):
+                # Admission caught it first (a real API server, and the emulator since it
+                # admits with the CRD's schema): also a correct outcome.
+                self.rejected.add(name)
                 self.policies.append(name)
                 return f"{name}: rejected by the API server (HTTP 422), as it should be"
             if error.status == 409:

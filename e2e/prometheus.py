@@ -1,8 +1,9 @@
-"""A real Prometheus server as a process, scraping the operator under test.
+"""A real Prometheus server as a process, scraping the processes under test.
 
-It scrapes the operator's `/metrics` every second as the job `metapolicy-operator` and
-evaluates the project's alert rules (manifests/prometheus/rules.yaml) every second, so e2e can
-check that the dashboard's and the alerts' expressions find the series the operator exports.
+It scrapes the operator's `/metrics` every second as the job `metapolicy-operator` (and the
+placement server's as `metapolicy-serve`, the jobs the ServiceMonitors name) and evaluates
+the project's alert rules (manifests/prometheus/rules.yaml) every second, so e2e can check
+that the dashboard's and the alerts' expressions find the series the processes export.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from e2e.wait import E2EFailure, poll
 
 RULES = ROOT / "manifests" / "prometheus" / "rules.yaml"
 JOB = "metapolicy-operator"
+SERVE_JOB = "metapolicy-serve"
 PROMETHEUS = "prometheus"
 PROMTOOL = "promtool"
 
@@ -80,13 +82,22 @@ class Prometheus:
         return self.process.log_tail(chars)
 
 
-def _config(target: str, rules: Path) -> dict[str, Any]:
+def _config(jobs: Mapping[str, str], rules: Path) -> dict[str, Any]:
+    """Scrape each job's http://host:port/path every second."""
+    scrapes = []
+    for job, url in jobs.items():
+        parsed = urllib.parse.urlsplit(url)
+        scrapes.append(
+            {
+                "job_name": job,
+                "metrics_path": parsed.path or "/metrics",
+                "static_configs": [{"targets": [parsed.netloc]}],
+            }
+        )
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules)],
-        "scrape_configs": [
-            {"job_name": JOB, "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}
-        ],
+        "scrape_configs": scrapes,
     }
 
 
@@ -97,8 +108,10 @@ def prometheus(
     *,
     rules: Path = RULES,
     timeout: float = START_TIMEOUT,
+    also: Mapping[str, str] | None = None,
 ) -> Iterator[Prometheus]:
-    """Prometheus scraping `metrics_url` (http://host:port/metrics) for the block.
+    """Prometheus scraping `metrics_url` (http://host:port/metrics, the operator's, as the job
+    `metapolicy-operator`) and the `also` jobs (job name -> URL) for the block.
 
     Listens on a free 127.0.0.1 port with a temporary config and TSDB; waits (bounded) until
     `/-/ready` answers, and stops it with SIGTERM (bounded, then SIGKILL) on exit.
@@ -106,13 +119,11 @@ def prometheus(
     path = binary(PROMETHEUS)
     if path is None:
         raise FileNotFoundError("prometheus is not installed")
-    parsed = urllib.parse.urlsplit(metrics_url)
     own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="metapolicy-prometheus-")) if own_dir else workdir
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(rules, workdir / "rules.yaml")
-    config = _config(parsed.netloc, workdir / "rules.yaml")
-    config["scrape_configs"][0]["metrics_path"] = parsed.path or "/metrics"
+    config = _config({JOB: metrics_url, **(also or {})}, workdir / "rules.yaml")
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
     argv = [

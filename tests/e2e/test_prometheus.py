@@ -1,6 +1,8 @@
-"""The operator's metrics as Prometheus sees them: a real Prometheus scrapes the operator while
-a short scenario runs (training, a promoted adaptation, a rollback drill); then the Grafana
-dashboard's and the alert rules' expressions must find the series they are written against.
+"""The operator's and the placement server's metrics as Prometheus sees them: a real Prometheus
+scrapes `metapolicy run` and `metapolicy serve` while a short scenario runs (training, a
+promoted adaptation, a rollback drill) and the scheduler driver places a few pods through the
+server (in active, then shadow mode); then the Grafana dashboard's and the alert rules'
+expressions must find the series they are written against.
 
 A renamed metric or label, a typo in a selector, or a rule Prometheus refuses to load fails
 here instead of as an empty panel or an alert that can never fire.
@@ -13,15 +15,31 @@ import re
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from e2e.autoscaler import Autoscaler, Scenario
+from e2e.autoscaler import GROUP, PLURAL, VERSION, Autoscaler, Scenario
 from e2e.cluster import Environment
-from e2e.prometheus import RULES, Prometheus, binary, check_metrics, prometheus, wait_for_result
+from e2e.extender import shipped_extender
+from e2e.nodes import SCENARIO_LABEL
+from e2e.prometheus import (
+    RULES,
+    SERVE_JOB,
+    Prometheus,
+    binary,
+    check_metrics,
+    prometheus,
+    wait_for_result,
+)
+from e2e.scheduler import scheduling
+from e2e.serve import Server
+from e2e.wait import poll
+from e2e.workload import Task, pod_manifest
+from metapolicy.features import PodAttributes
 
 pytestmark = [
     pytest.mark.e2e,
@@ -40,6 +58,7 @@ QUERY_TIMEOUT = 20.0  # scrapes and rule evaluations are 1 s apart; rate() needs
 
 # Tiny budgets: e2e checks the operator and its metrics, not the ML.
 SPEC = {
+    "podSelector": {"matchLabels": {"app": NAME}},
     "hiddenSize": 16,
     "training": {"budgetSteps": 2048},
     "adaptation": {"budgetSteps": 512, "settleSeconds": 2},
@@ -66,16 +85,17 @@ SCENARIO = Scenario(
         },
         {"expect": {"phase": "Ready", "historyLength": 1, "activeVersion": 1}},
         {"add": [{"name": "p-4", "cpu": "8", "memory": "16Gi", "latencyMs": 6}]},
-        {"expect": {"phase": "Ready", "historyLength": 2, "lastOutcome": "promoted"}},
-        {"annotate-policy": {"request": {"drill": True, "reason": "x"}}},
+        # Adapted and quiet (serving first and fine-tuning after, the adaptation may leave one
+        # or two history records): then the drill, which must be rolled back.
         {
             "expect": {
                 "phase": "Ready",
-                "historyLength": 3,
-                "lastDrill": True,
-                "lastOutcome": "rolled_back",
+                "nodes": ["p-1", "p-2", "p-3", "p-4"],
+                "conditions": {"Adapting": "False"},
             }
         },
+        {"annotate-policy": {"request": {"drill": True, "reason": "x"}}},
+        {"expect": {"phase": "Ready", "lastDrill": True, "lastOutcome": "rolled_back"}},
     ],
 )
 
@@ -88,7 +108,8 @@ NEEDS_RECONCILE_ERROR = {"Reconcile errors in the past hour by reason"}
 #               (the metrics and labels it is written against exist);
 #   "firing":   as "stripped", and the full expression returns this policy too (the drill's
 #               rollback must trip it);
-#   "empty":    the full expression returns nothing while the operator is up and healthy.
+#   "data":     the expression without its threshold returns something (not per policy);
+#   "empty":    the full expression returns nothing while the processes are up and healthy.
 RULE_CHECKS = {
     ("MetaPolicyRolledBack", ""): "firing",  # one rollback (the drill) in the last 15 min
     ("MetaPolicyRetentionLow", ""): "stripped",
@@ -96,7 +117,12 @@ RULE_CHECKS = {
     ("MetaPolicyAdaptationFailing", "stuck_rolled_back"): "stripped",  # drill ends Ready
     ("MetaPolicyStale", ""): "stripped",
     ("MetaPolicyOperatorDown", ""): "empty",  # absent(up == 1): empty while scraped and up
+    ("MetaPolicyServeFallbacksHigh", ""): "data",  # fallback / (policy + fallback) answers
+    ("MetaPolicyServerDown", ""): "empty",
+    ("MetaPolicyServeCacheStale", ""): "data",
 }
+PLACED = 3  # pods the policy places through the server, then SHADOWED in shadow mode
+SHADOWED = 2
 
 _THRESHOLD = re.compile(r"\s*(?:==|!=|>=|<=|>|<)\s*-?[0-9.]+(?:e-?[0-9]+)?\s*$")
 _GRAFANA_INTERVALS = re.compile(
@@ -143,26 +169,71 @@ def _policies(result: list[dict[str, Any]]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def prom(e2e_env: Environment) -> Iterator[Prometheus]:
-    assert e2e_env.operator.metrics_url is not None
-    with prometheus(e2e_env.operator.metrics_url, e2e_env.workdir / "prometheus") as server:
+def serve(e2e_env: Environment) -> Iterator[Server]:
+    server = Server(e2e_env.kube.kubeconfig, e2e_env.workdir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def prom(e2e_env: Environment, serve: Server) -> Iterator[Prometheus]:
+    assert e2e_env.operator.metrics_url is not None and serve.metrics_url is not None
+    with prometheus(
+        e2e_env.operator.metrics_url,
+        e2e_env.workdir / "prometheus",
+        also={SERVE_JOB: serve.metrics_url},
+    ) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def player(e2e_env: Environment, prom: Prometheus) -> Iterator[Autoscaler]:
-    """The scenario played once for the module, Prometheus scraping all along."""
+def player(e2e_env: Environment, prom: Prometheus, serve: Server) -> Iterator[Autoscaler]:
+    """The scenario played once for the module, Prometheus scraping all along; then pods
+    placed through the server, in active and in shadow mode."""
     player = Autoscaler(e2e_env.kube, SCENARIO, operator=e2e_env.operator)
     try:
         player.play()
         process = e2e_env.operator.process
         assert process is not None and process.running(), e2e_env.operator.log_tail()
-        # The scrape target is up before anything is checked against Prometheus.
-        wait_for_result(prom, 'up{job="metapolicy-operator"} == 1', QUERY_TIMEOUT,
-                        "the operator's scrape target to be up")  # fmt: skip
+        place_pods(e2e_env, serve)
+        # The scrape targets are up before anything is checked against Prometheus.
+        for job in ("metapolicy-operator", SERVE_JOB):
+            wait_for_result(prom, f'up{{job="{job}"}} == 1', QUERY_TIMEOUT,
+                            f"the {job} scrape target to be up")  # fmt: skip
         yield player
     finally:
         player.cleanup()
+
+
+def place_pods(env: Environment, serve: Server) -> None:
+    """PLACED pods through the server in active mode, then SHADOWED in shadow mode."""
+    extender = replace(shipped_extender().at(serve.url), http_timeout_s=5.0)
+    with scheduling(env.kube, extender) as driver:
+        for mode, count in (("active", PLACED), ("shadow", SHADOWED)):
+            if mode == "shadow":
+                patch = {"spec": {"serving": {"mode": "shadow"}}}
+                env.kube.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, "default", PLURAL, NAME, patch
+                )
+            for i in range(count):
+                name = f"prom-{mode}-{i}"
+                task = Task(i, 0.0, 0.25, 256, 60.0, PodAttributes())
+                body = pod_manifest(task, name, labels={"app": NAME},
+                                    node_selector={SCENARIO_LABEL: SCENARIO.name})  # fmt: skip
+                env.kube.core.create_namespaced_pod("default", body)
+                key = f"default/{name}"
+                poll(lambda k=key: any(d.pod == k and d.node for d in driver.decisions),
+                     QUERY_TIMEOUT, f"pod {key} to be bound")  # fmt: skip
+            poll(lambda m=mode, c=count: decided(serve, m) >= c, QUERY_TIMEOUT,
+                 f"{count} {mode} decisions")  # fmt: skip
+        assert driver.errors == []
+    poll(lambda: serve.metric("metapolicy_shadow_bound_total", policy=POLICY) >= SHADOWED,
+         QUERY_TIMEOUT, "the shadow pods' bindings to be counted")  # fmt: skip
+
+
+def decided(serve: Server, mode: str) -> float:
+    return serve.metric("metapolicy_serve_decisions_total", policy=POLICY, mode=mode)
 
 
 @pytest.fixture
@@ -170,8 +241,12 @@ def played(player: Autoscaler, prom: Prometheus) -> Prometheus:
     return prom
 
 
-def test_promtool_accepts_the_live_metrics(played: Prometheus, e2e_env: Environment):
-    with urllib.request.urlopen(e2e_env.operator.metrics_url, timeout=10) as answer:
+@pytest.mark.parametrize("process", ["operator", "serve"])
+def test_promtool_accepts_the_live_metrics(
+    played: Prometheus, e2e_env: Environment, serve: Server, process: str
+):
+    url = e2e_env.operator.metrics_url if process == "operator" else serve.metrics_url
+    with urllib.request.urlopen(url, timeout=10) as answer:
         text = answer.read().decode()
     assert f'policy="{POLICY}"' in text
     result = check_metrics(text)
@@ -227,13 +302,16 @@ def test_alert_expression_finds_its_series(played: Prometheus, key: tuple[str, s
     assert key in rules, f"{key} is in RULE_CHECKS but not in {RULES.name}"
     expr, how = rules[key]["expr"].strip(), RULE_CHECKS[key]
     if how == "empty":
-        # Healthy means empty; wait for the target to be scraped twice so `up` is settled.
-        wait_for_result(played, 'count_over_time(up{job="metapolicy-operator"}[1m]) >= 2',
-                        QUERY_TIMEOUT)  # fmt: skip
-        assert played.query(expr) == [], f"{key}: {expr} should be empty while the operator is up"
+        # Healthy means empty; wait for the targets to be scraped twice so `up` is settled.
+        for job in ("metapolicy-operator", SERVE_JOB):
+            wait_for_result(played, f'count_over_time(up{{job="{job}"}}[1m]) >= 2',
+                            QUERY_TIMEOUT)  # fmt: skip
+        assert played.query(expr) == [], f"{key}: {expr} should be empty while all are up"
         return
     stripped = strip_threshold(expr)
     result = wait_for_result(played, stripped, QUERY_TIMEOUT, f"{key}: a result of {stripped}")
+    if how == "data":
+        return
     assert POLICY in _policies(result), f"{key}: no series for {POLICY} in {result}"
     if how == "firing":
         result = wait_for_result(played, expr, QUERY_TIMEOUT, f"{key} to fire: {expr}")
