@@ -1,11 +1,16 @@
 """`python -m e2e.demo`: the scaling demo on the embedded cluster, everything as processes.
 
-Starts the KMock emulator and `metapolicy run` as separate processes (connected only by a
-kubeconfig, as in a real cluster), applies `manifests/examples/metapolicy-basic.yaml` with
-demo-sized budgets, plays `e2e/scenarios/demo.yaml` (train, scale up, scale down, a burst, a
-rollback drill), prints the timeline from the policy's status.history, and stops everything.
-Exits non-zero if a step failed or timed out, a drill was promoted, or the policy does not end
-Ready and in sync with its nodes. `--fast` uses tiny budgets (for CI; the numbers mean little).
+Starts the KMock emulator, `metapolicy run` and `metapolicy serve` as separate processes
+(connected only by a kubeconfig, as in a real cluster), applies
+`manifests/examples/metapolicy-basic.yaml` with demo-sized budgets and a podSelector, and
+while `e2e/scenarios/demo.yaml` plays (train, scale up, scale down, a burst, a rollback drill)
+a workload generator creates the policy's pods and the scheduler driver binds them as
+kube-scheduler with the MetaPolicy extender would. Prints the timeline from the policy's
+status.history, then where the pods went: per node, what the policy placed next to what the
+default rule alone would have, and how soon each node that joined got its first pod.
+Exits non-zero if a step failed or timed out, a drill was promoted, the policy does not end
+Ready and in sync with its nodes, or no pod was placed by the policy. `--fast` uses tiny
+budgets (for CI; the numbers mean little).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from typing import Any
 
 from e2e.autoscaler import Autoscaler, load_scenario
 from e2e.cluster import environment
+from e2e.placement import placement
+from e2e.placement import problems as placement_problems
+from e2e.placement import report as placement_report
 from e2e.report import timeline
 from e2e.wait import E2EFailure
 
@@ -33,6 +41,11 @@ DEMO_BUDGETS: dict[str, Any] = {
     "training": {"budgetSteps": 100_000},
     "adaptation": {"budgetSteps": 20_000},
 }
+#: The demo's pods carry this label; the policy places them (spec.podSelector).
+POD_LABELS = {"app": "demo"}
+PLACEMENT: dict[str, Any] = {"podSelector": {"matchLabels": POD_LABELS}}
+#: The cores of the demo's first six nodes: the synthetic stream's rate is set from it.
+CAPACITY_CPU = 54.0
 FAST_BUDGETS: dict[str, Any] = {
     "hiddenSize": 16,
     "training": {"budgetSteps": 4096},
@@ -104,7 +117,11 @@ def run_demo(fast: bool = False, workers: int = 1, timeout: float | None = None)
     scenario = load_scenario("demo")
     scenario.timeout = timeout or (240.0 if fast else scenario.timeout)
     budgets = FAST_BUDGETS if fast else DEMO_BUDGETS
-    print("MetaPolicy demo: the KMock emulator and `metapolicy run` as separate processes")
+    print(
+        "MetaPolicy demo: the KMock emulator, `metapolicy run` and `metapolicy serve` as separate "
+        "processes; a workload of pods labelled app=demo, bound by a scheduler driver that "
+        "calls the server as kube-scheduler's extender"
+    )
     print(
         f"applying {EXAMPLE} with {'tiny (--fast)' if fast else 'demo-sized'} budgets: "
         f"training.budgetSteps={budgets['training']['budgetSteps']}, "
@@ -133,15 +150,20 @@ def run_demo(fast: bool = False, workers: int = 1, timeout: float | None = None)
                 env.kube,
                 scenario,
                 operator=env.operator,
-                policy_overrides=budgets,
+                policy_overrides=budgets | PLACEMENT,
                 on_wait=progress.update,
                 log=log,
             )
-            try:
-                player.play()
-            except E2EFailure as failure:
-                progress.clear()
-                problems.append(str(failure))
+            with placement(env, workdir, labels=POD_LABELS, capacity_cpu=CAPACITY_CPU) as placed:
+                print(f"placement server: {placed.server.url}/scheduler (metapolicy serve)")
+                try:
+                    player.play()
+                except E2EFailure as failure:
+                    progress.clear()
+                    problems.append(str(failure))
+                placed.generator.stop()  # no new pods; the report counts what was placed
+                placed_text = placement_report(placed, since=_first_ready(player))
+                problems += placement_problems(placed)
             policy = player.policies[-1] if player.policies else None
             status = player.status(policy) if policy else {}
             metrics = _fetch(env.operator.metrics_url)
@@ -153,6 +175,7 @@ def run_demo(fast: bool = False, workers: int = 1, timeout: float | None = None)
                 for line in metrics.splitlines():
                     if line.startswith(("metapolicy_policy_in_sync", "metapolicy_active_version")):
                         print(f"  {line}")
+            print(f"\n{placed_text}")
             print(f"\n/metrics was served at {env.operator.metrics_url}")
             code = env.operator.stop()
             if code != 0:
@@ -167,8 +190,19 @@ def run_demo(fast: bool = False, workers: int = 1, timeout: float | None = None)
         print(f"logs kept in {workdir}", file=sys.stderr)
         return 1
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"demo OK in {elapsed:.0f}s: every step held, the drill was rolled back, in sync")
+    print(
+        f"demo OK in {elapsed:.0f}s: every step held, the drill was rolled back, in sync, "
+        "and the policy placed pods"
+    )
     return 0
+
+
+def _first_ready(player: Autoscaler) -> float | None:
+    """When the policy first became Ready (time.time()): from then on it serves."""
+    for result in player.results:
+        if result.kind == "expect" and "phase='Ready'" in result.summary:
+            return result.started_at.timestamp() + result.seconds
+    return None
 
 
 def _fetch(url: str | None) -> str:

@@ -132,6 +132,7 @@ class SchedulerDriver:
     counterfactual: Counterfactual = field(default_factory=Counterfactual)
     errors: list[str] = field(default_factory=list)
     kubelet: Kubelet | None = None  # set by `scheduling()`
+    joined: dict[str, float] = field(default_factory=dict)  # node -> time.time() first seen
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -189,6 +190,8 @@ class SchedulerDriver:
 
     def _node_event(self, kind: str, node: dict[str, Any]) -> None:
         with self._changed:
+            if kind != "DELETED":
+                self.joined.setdefault(node_name(node), time.time())
             self._epoch += 1
             self._changed.notify_all()
 

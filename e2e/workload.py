@@ -204,6 +204,9 @@ class WorkloadGenerator:
         return len(self.finished) == len(self.tasks)
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop creating pods and delete the ones left (once: a second call does nothing)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
