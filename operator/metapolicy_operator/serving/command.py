@@ -41,6 +41,8 @@ from metapolicy_operator.serving.shadow import ShadowLog
 log = logging.getLogger("metapolicy_operator.serving")
 
 GROUP, VERSION, PLURAL = "metapolicy.dev", "v1alpha1", "metapolicies"
+YOUNG_S = 60.0  # a worker that exits sooner than this after its start "dies young"
+CRASH_LIMIT = 5  # young deaths in a row before the server gives up
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,9 @@ def _worker(options: ServeOptions, log_format: str, verbose: bool) -> None:
 def _run_workers(options: ServeOptions, workers: int, log_format: str, verbose: bool) -> int:
     """N processes on the same ports (SO_REUSEPORT: the kernel spreads connections), each with
     its own cache and policies; metrics summed across them through files in a shared
-    directory. A worker that dies is started again."""
+    directory. A worker that dies is started again, after a growing pause if it keeps dying
+    young; if one dies young `CRASH_LIMIT` times in a row (a bad kubeconfig, a taken port),
+    the whole server exits with an error."""
     from prometheus_client import multiprocess
 
     own_dir = None
@@ -303,34 +307,48 @@ def _run_workers(options: ServeOptions, workers: int, log_format: str, verbose: 
     context = multiprocessing.get_context("spawn")
     options = replace(options, reuse_port=True)
 
-    def spawn() -> Any:
+    def spawn() -> tuple[Any, float]:
         process = context.Process(
             target=_worker, args=(options, log_format, verbose), name="metapolicy-serve"
         )
         process.start()
-        return process
+        return process, time.monotonic()
 
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    processes = [spawn() for _ in range(workers)]
+    slots = [spawn() for _ in range(workers)]
+    crashes = [0] * workers
+    code = 0
     try:
         while not stopping.is_set():
-            multiprocessing.connection.wait([p.sentinel for p in processes], timeout=0.5)
-            for i, process in enumerate(processes):
-                if not process.is_alive() and not stopping.is_set():
-                    log.warning("worker %d exited (%s); starting it again", process.pid,
-                                process.exitcode)  # fmt: skip
-                    multiprocess.mark_process_dead(process.pid)
-                    processes[i] = spawn()
+            multiprocessing.connection.wait([p.sentinel for p, _ in slots], timeout=0.5)
+            for i, (process, started) in enumerate(slots):
+                if process.is_alive() or stopping.is_set():
+                    continue
+                multiprocess.mark_process_dead(process.pid)
+                young = time.monotonic() - started < YOUNG_S
+                crashes[i] = crashes[i] + 1 if young else 0
+                if crashes[i] >= CRASH_LIMIT:
+                    log.error("worker %d keeps exiting (%s); stopping", process.pid,
+                              process.exitcode)  # fmt: skip
+                    stopping.set()
+                    code = 1
+                    break
+                pause = min(2.0 ** crashes[i] - 1, 30.0)
+                log.warning("worker %d exited (%s); starting it again in %.0fs", process.pid,
+                            process.exitcode, pause)  # fmt: skip
+                if stopping.wait(pause):
+                    break
+                slots[i] = spawn()
     finally:
-        for process in processes:
+        for process, _ in slots:
             process.terminate()
-        for process in processes:
+        for process, _ in slots:
             process.join(10)
         if own_dir is not None:
             own_dir.cleanup()
-    return 0
+    return code
 
 
 def run(args: argparse.Namespace) -> int:
