@@ -25,7 +25,9 @@ def test_command_is_the_serve_subcommand_with_accepted_arguments(serve_deploymen
     assert serve["image"] == "ghcr.io/metapolicy/operator:0.1.0"  # the operator's image
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    options = options_from(parser.parse_args(serve["args"]))
+    args = parser.parse_args(serve["args"])
+    assert (args.log_format, args.workers) == ("json", 1)
+    options = options_from(args)
     assert options.namespaces == ()  # every namespace: MetaPolicies may live anywhere
     ports = {p["name"]: p["containerPort"] for p in serve["ports"]}
     assert (options.port, options.metrics_port) == (ports["extender"], ports["metrics"])
