@@ -1,10 +1,11 @@
 """A workload generator: pods from a task stream, created when they arrive, gone when done.
 
 The tasks come from any `metapolicy.traces.TaskSource` (the synthetic workload of
-`traces.SyntheticTasks`, or a trace), one episode of it. Each task becomes a pod that a
-MetaPolicy places (its `spec.podSelector` labels) and that opts in to the MetaPolicy scheduler
-(`schedulerName: metapolicy-scheduler`), carrying what the task declares, the way a real
-workload would:
+`traces.SyntheticTasks`, or a trace file through `traces.TraceTasks`), one episode of it; what
+each task declares is read back from its attribute vector (`trace_files.attributes_of`).
+Each task becomes a pod that a MetaPolicy places (its `spec.podSelector` labels) and that
+opts in to the MetaPolicy scheduler (`schedulerName: metapolicy-scheduler`), carrying what the
+task declares, the way a real workload would:
 
 - requests (cpu, memory), and limits that give it its QoS class: Guaranteed (limits equal
   requests), Burstable (a memory limit above the request), BestEffort (no resources at all);
@@ -37,14 +38,8 @@ import numpy as np
 from e2e.cluster import Kube
 from e2e.informer import Informer, object_key
 from e2e.scheduler import SCHEDULER_NAME
-from metapolicy.features import (
-    AGE_LOG_REF,
-    MAX_GPUS,
-    OWNER_GROUPS,
-    PRIORITY_LOG_REF,
-    QOS_CLASSES,
-    PodAttributes,
-)
+from metapolicy.features import PodAttributes
+from metapolicy.trace_files import attributes_of
 from metapolicy.traces import TaskBatch, TaskSource
 from metapolicy_operator.pods import DURATION_HINT_ANNOTATION
 
@@ -68,19 +63,6 @@ class Task:
     attributes: PodAttributes
 
 
-def attributes_from_vector(vector: np.ndarray) -> PodAttributes:
-    """The inverse of `PodAttributes.vector()` (which `TaskBatch.attributes` rows hold)."""
-    v = np.asarray(vector, float)
-    hint = float(np.expm1(v[10] * AGE_LOG_REF)) if v[9] > 0.5 else None
-    return PodAttributes(
-        qos=QOS_CLASSES[int(np.argmax(v[0:3]))],
-        gpu=round(float(v[3]) * MAX_GPUS, 3),
-        priority=round(float(np.expm1(v[4] * PRIORITY_LOG_REF))),
-        owner=OWNER_GROUPS[int(np.argmax(v[5:9]))],
-        duration_hint_s=round(hint, 3) if hint is not None else None,
-    )
-
-
 def tasks_from_batch(batch: TaskBatch, episode: int = 0, limit: int | None = None) -> list[Task]:
     count = batch.episode_tasks if limit is None else min(limit, batch.episode_tasks)
     start = float(batch.arrival[episode, 0]) if count else 0.0
@@ -91,17 +73,23 @@ def tasks_from_batch(batch: TaskBatch, episode: int = 0, limit: int | None = Non
             cpu=float(batch.cpu[episode, i]),
             memory_mib=float(batch.memory[episode, i]),
             duration=float(batch.duration[episode, i]),
-            attributes=attributes_from_vector(batch.attributes[episode, i]),
+            attributes=attributes_of(batch.attributes[episode, i]),
         )
         for i in range(count)
     ]
 
 
 def draw_tasks(
-    source: TaskSource, seed: int, capacity_cpu: float, limit: int | None = None
+    source: TaskSource,
+    seed: int,
+    capacity_cpu: float,
+    limit: int | None = None,
+    largest: tuple[float, float] | None = None,
 ) -> list[Task]:
-    """One episode of `source` for a cluster of `capacity_cpu` cores."""
-    return tasks_from_batch(source.draw([seed], capacity_cpu), 0, limit)
+    """One episode of `source` for a cluster of `capacity_cpu` cores: the synthetic workload
+    (`traces.SyntheticTasks`) or a trace (`traces.TraceTasks(trace_files.read_trace(path))`,
+    which scales task sizes to `largest`, the biggest node's (cpu, memory MiB))."""
+    return tasks_from_batch(source.draw([seed], capacity_cpu, largest), 0, limit)
 
 
 def _resources(task: Task) -> dict[str, Any]:

@@ -4,22 +4,19 @@ placement server reads a pod (metapolicy_operator.pods)."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from e2e.workload import (
-    WORKLOAD_LABEL,
-    Task,
-    attributes_from_vector,
-    draw_tasks,
-    pod_manifest,
-)
+from e2e.workload import WORKLOAD_LABEL, Task, draw_tasks, pod_manifest
 from metapolicy.features import PodAttributes
-from metapolicy.traces import SyntheticTasks
+from metapolicy.trace_files import attributes_of, read_trace
+from metapolicy.traces import SyntheticTasks, TraceTasks
 from metapolicy.workload import DEFAULT_TASK_CLASSES, WorkloadSpec
 from metapolicy_operator.pods import pod_attributes, pod_requests, qos_class
 
+ROOT = Path(__file__).resolve().parents[2]
 ATTRIBUTES = [
     PodAttributes(),
     PodAttributes(qos="Guaranteed", owner="service"),
@@ -31,7 +28,7 @@ ATTRIBUTES = [
 
 @pytest.mark.parametrize("attributes", ATTRIBUTES)
 def test_attributes_round_trip_through_the_feature_vector(attributes):
-    assert attributes_from_vector(attributes.vector()) == attributes
+    assert attributes_of(attributes.vector()) == attributes
 
 
 @pytest.mark.parametrize("attributes", ATTRIBUTES)
@@ -77,3 +74,21 @@ def test_a_synthetic_episode_becomes_tasks_in_arrival_order():
     assert owners <= {c.owner for c in DEFAULT_TASK_CLASSES} and len(owners) > 1
     assert draw_tasks(source, seed=3, capacity_cpu=32.0, limit=10) == tasks[:10]
     assert np.isfinite([t.memory_mib for t in tasks]).all()
+
+
+def test_a_trace_file_becomes_tasks_too(tmp_path):
+    """A generic CSV trace (64 tasks, the attributes cycling) read back as the pods' tasks."""
+    rows = ["arrival_s,cpu_cores,memory_mib,duration_s,qos,owner,duration_hint_s"]
+    kinds = [("Guaranteed", "Deployment", ""), ("Burstable", "Job", "90"), ("BestEffort", "", "")]
+    for i in range(64):
+        qos, owner, hint = kinds[i % 3]
+        rows.append(f"{i * 0.5},{0.25 + i % 4 * 0.25},{256 + i * 8},{10 + i},{qos},{owner},{hint}")
+    (tmp_path / "trace.csv").write_text("\n".join(rows) + "\n")
+    source = TraceTasks(read_trace(tmp_path / "trace.csv"), episode_tasks=16, load=None,
+                        scale_sizes=False)  # fmt: skip
+    tasks = draw_tasks(source, seed=0, capacity_cpu=32.0, largest=(16.0, 65536.0))
+    assert len(tasks) == 16 and tasks[0].arrival == 0.0
+    assert {t.attributes.qos for t in tasks} == {"Guaranteed", "Burstable", "BestEffort"}
+    for task in tasks:
+        pod = pod_manifest(task, f"tr-{task.index:05d}", labels={})
+        assert pod_attributes(pod)[0] == task.attributes
