@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from metapolicy.cluster import NodeProfile, check_node_set
 from metapolicy.evaluation import episode_returns, evaluation_seeds, reference
+from metapolicy.imitation import warm_start
 from metapolicy.policy import SlotPolicy, make_policy
 from metapolicy.ppo import PPOSettings
 from metapolicy.selection import train_keeping_best
@@ -30,6 +32,9 @@ class TrainingSettings:
     select_every: int = 8  # updates between two scorings of the weights
     max_nodes: int = 20
     workload: Workload = field(default_factory=WorkloadSpec)
+    # Warm start from the best heuristic when the fresh policy (the myopic rule) scores below
+    # this S on the selection episodes (0: never); see metapolicy.imitation.
+    imitate_below: float = 0.9
 
     def __post_init__(self) -> None:
         if self.steps is None:
@@ -46,6 +51,7 @@ class TrainingResult:
     steps: int
     # (steps, training seconds, mean return on the selection seeds); empty without selection
     curve: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
+    teacher: str | None = None  # the heuristic imitated before PPO, if any
 
 
 def train_initial(
@@ -56,6 +62,9 @@ def train_initial(
     s = settings or TrainingSettings()
     nodes = check_node_set(nodes, s.max_nodes)
     policy = make_policy(s.architecture, nodes, s.hidden, s.seed)
+    started = time.perf_counter()
+    teacher = warm_start(policy, nodes, s.workload, s.imitate_below, s.seed)
+    warm_seconds = time.perf_counter() - started
 
     stats, best = train_keeping_best(
         policy,
@@ -70,4 +79,5 @@ def train_initial(
     ref = reference(nodes, s.workload, seeds)
     score = ref.score(episode_returns(policy.agent(), nodes, s.workload, seeds))
     curve = [] if best is None else best.curve
-    return TrainingResult(policy, score, ref.best, stats.seconds, stats.steps, curve)
+    seconds = stats.seconds + warm_seconds
+    return TrainingResult(policy, score, ref.best, seconds, stats.steps, curve, teacher)

@@ -8,8 +8,10 @@ import pytest
 from benchmarks.planner import Planner
 from metapolicy.baselines import HEURISTICS, most_allocated
 from metapolicy.evaluation import episode_returns, evaluation_seeds
-from metapolicy.imitation import ImitationSettings, best_heuristic, imitate
+from metapolicy.imitation import ImitationSettings, best_heuristic, imitate, untrained_gap
+from metapolicy.policy import make_policy
 from metapolicy.sim import PlacementSim
+from metapolicy.training import TrainingSettings, train_initial
 
 
 def agreement(policy, nodes, workload, teacher, seeds) -> float:
@@ -52,3 +54,13 @@ def test_the_planner_that_knows_the_future_beats_the_myopic_rule(nodes, workload
     assert planned.mean() > myopic.mean()
     drawn = episode_returns(Planner(nodes, workload, horizon=16), nodes, workload, seeds)
     assert np.isfinite(drawn).all()
+
+
+def test_training_warm_starts_only_when_the_myopic_start_is_far_off(nodes, workload):
+    fast = dict(hidden=16, steps=1024, episodes=2, select_episodes=2, workload=workload)
+    never = train_initial(nodes, TrainingSettings(imitate_below=0.0, **fast))
+    assert never.teacher is None
+    always = train_initial(nodes, TrainingSettings(imitate_below=2.0, **fast))  # S < 2: imitate
+    assert always.teacher in HEURISTICS
+    score, best = untrained_gap(make_policy("node-set", nodes, 16), nodes, workload, episodes=4)
+    assert 0.5 < score < 1.5 and best in HEURISTICS
