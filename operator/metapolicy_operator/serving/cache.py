@@ -206,7 +206,8 @@ class ClusterCache:
         self.nodes: dict[str, NodeInfo] = {}
         self.pods: dict[str, PodInfo] = {}
         self.usage: dict[str, NodeUsage] = {}
-        self.node_generation = 0  # bumped on every node change (memos of eligible sets)
+        self.node_generation = 0  # bumped on every node change
+        self.views: dict[Any, Any] = {}  # per-policy memos (observation.PolicyView), per node set
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._tombstone_limit = tombstones
         self.pod_seen: list[Listener] = []  # a pod (uid) seen for the first time
@@ -224,12 +225,16 @@ class ClusterCache:
             self.nodes.pop(node.name, None)
         else:
             self.nodes[node.name] = node
-        self.node_generation += 1
+        self._nodes_changed()
 
     def replace_nodes(self, nodes: Iterable[NodeInfo]) -> None:
         """A fresh list: the whole truth about nodes."""
         self.nodes = {node.name: node for node in nodes if node.name}
+        self._nodes_changed()
+
+    def _nodes_changed(self) -> None:
         self.node_generation += 1
+        self.views.clear()
 
     # ----- pods -----------------------------------------------------------------------------
     def apply_pod(self, kind: str, pod: PodInfo) -> None:

@@ -9,6 +9,7 @@ no slot for; all of them are `available`. The decision is then taken among the c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,34 +97,114 @@ def policy_nodes(
     positions = []
     for name in candidates:
         info = known.get(name) or cache.nodes.get(name)
-        if info is None:
-            raise UnreadableNode(f"node {name!r} is not in the server's cache")
-        if info.profile is None:
-            raise UnreadableNode(f"node {name!r}: allocatable cpu or memory unreadable")
+        _check(name, info)
         take(info)
         positions.append(index.get(name, -1))
     return infos, np.array(positions, np.int64)
 
 
-def cluster_state(cache: ClusterCache, infos: Sequence[NodeInfo]) -> features.ClusterState:
-    """The nodes as `features.ClusterState` (one state, B = 1), pods from the cache."""
+def _static(infos: Sequence[NodeInfo]) -> np.ndarray:
+    """(N, 4): allocatable cpu, memory, latency, max pods: what only node events change."""
+    return np.array(
+        [(i.profile.cpu, i.profile.memory_mib, i.profile.latency_ms, i.max_pods) for i in infos],
+        float,
+    ).reshape(len(infos), 4)
+
+
+def cluster_state(
+    cache: ClusterCache, infos: Sequence[NodeInfo], static: np.ndarray | None = None
+) -> features.ClusterState:
+    """The nodes as `features.ClusterState` (one state, B = 1), pods from the cache; `static`:
+    `_static(infos)`, if already known."""
     size = len(infos)
-    used = np.array([cache.requested(info.name) for info in infos], np.int64).reshape(size, 3)
-    pods = [cache.usage[i.name].arrays() if i.name in cache.usage else _NO_PODS for i in infos]
-    counts = np.array([len(p[0]) for p in pods], np.int64)
+    static = _static(infos) if static is None else static
+    usage = [cache.usage.get(info.name) for info in infos]
+    used = np.array(
+        [(u.millicores, u.bytes, len(u.pods)) if u else (0, 0, 0) for u in usage], np.int64
+    ).reshape(size, 3)
+    pods = [u.arrays() if u else _NO_PODS for u in usage]
     return features.ClusterState(
-        cpu=np.array([info.profile.cpu for info in infos], float),
-        memory=np.array([info.profile.memory_mib for info in infos], float),
-        latency=np.array([info.profile.latency_ms for info in infos], float),
+        cpu=static[:, 0],
+        memory=static[:, 1],
+        latency=static[:, 2],
         available=np.ones(size, bool),
         requested_cpu=(used[:, 0] / 1000)[None],
         requested_memory=(used[:, 1] / MIB)[None],
-        has_room=(used[:, 2] < np.array([info.max_pods for info in infos]))[None],
-        pod_node=np.repeat(np.arange(size), counts),
+        has_room=(used[:, 2] < static[:, 3])[None],
+        pod_node=np.repeat(np.arange(size), used[:, 2]),
         pod_cpu=np.concatenate([p[0] for p in pods]) if pods else np.zeros(0),
         pod_start=np.concatenate([p[1] for p in pods]) if pods else np.zeros(0),
         pod_qos=np.concatenate([p[2] for p in pods]) if pods else np.zeros(0, np.int64),
     )
+
+
+class PolicyView:
+    """A policy's eligible slot nodes as the cache knows them, and which other nodes are
+    eligible: what every request of the policy needs and only node events change. Kept in the
+    cache's `views` until the next node event, so a request only looks at its candidates."""
+
+    def __init__(self, cache: ClusterCache, selector: Mapping | None, slots: Sequence[str]):
+        self.selector = selector
+        self.infos: list[NodeInfo] = []
+        self.index: dict[str, int] = {}
+        self._eligible: dict[str, bool] = {}
+        for name in slots:
+            info = cache.nodes.get(name)
+            if info is not None and name not in self.index and self.eligible(info):
+                self.index[name] = len(self.infos)
+                self.infos.append(info)
+        self.static = _static(self.infos)
+
+    def eligible(self, info: NodeInfo) -> bool:
+        known = self._eligible.get(info.name)
+        if known is None:
+            known = self._eligible[info.name] = info.usable and matches_selector(
+                info.labels, self.selector
+            )
+        return known
+
+    def with_candidates(
+        self, cache: ClusterCache, candidates: Sequence[str]
+    ) -> tuple[list[NodeInfo], np.ndarray, np.ndarray]:
+        """(the observation's nodes, each candidate's index among them or -1, `_static`)."""
+        nodes = cache.nodes
+        infos, index, extra = self.infos, self.index, []
+        positions = np.empty(len(candidates), np.int64)
+        for k, name in enumerate(candidates):
+            at = index.get(name)
+            if at is None:
+                info = nodes.get(name)
+                _check(name, info)
+                if self.eligible(info):
+                    if not extra:
+                        infos, index = list(infos), dict(index)
+                    at = index[name] = len(infos)
+                    infos.append(info)
+                    extra.append(info)
+                else:
+                    at = -1
+            positions[k] = at
+        static = np.concatenate([self.static, _static(extra)]) if extra else self.static
+        return infos, positions, static
+
+
+def policy_view(
+    cache: ClusterCache, selector: Mapping | None, slot_names: Sequence[str]
+) -> PolicyView:
+    key = (json.dumps(selector, sort_keys=True), tuple(slot_names))
+    view = cache.views.get(key)
+    if view is None:
+        if len(cache.views) >= 64:  # bounded: a few policies and versions at a time
+            cache.views.clear()
+        view = cache.views[key] = PolicyView(cache, selector, slot_names)
+    return view
+
+
+def _check(name: str, info: NodeInfo | None) -> None:
+    if info is None:
+        raise UnreadableNode(f"node {name!r} is not in the server's cache")
+    if info.profile is None:
+        raise UnreadableNode(f"node {name!r}: allocatable cpu or memory unreadable")
 
 
 def pending_pods(pod: PodRequest, now: float, arrivals: ArrivalLog) -> features.PendingPods:
@@ -147,10 +228,16 @@ def snapshot(
     now: float,
     request_nodes: Mapping[str, NodeInfo] | None = None,
 ) -> Snapshot:
-    infos, positions = policy_nodes(cache, selector, slot_names, candidates, request_nodes)
+    """Raises UnreadableNode for a candidate without usable data."""
+    if request_nodes is None:
+        view = policy_view(cache, selector, slot_names)
+        infos, positions, static = view.with_candidates(cache, candidates)
+    else:  # full Node objects in the request: they, not the cache, say what the nodes are
+        infos, positions = policy_nodes(cache, selector, slot_names, candidates, request_nodes)
+        static = None
     return Snapshot(
         names=[info.name for info in infos],
-        state=cluster_state(cache, infos),
+        state=cluster_state(cache, infos, static),
         pods=pending_pods(pod, now, arrivals),
         candidates=positions,
     )
