@@ -86,7 +86,7 @@ def admit(
 
     ``scope`` says which part the request may change: the main resource (everything but
     status) or the status subresource. ``directive`` is the request's ``fieldValidation``
-    (``Warn`` when absent, as on the server). Raises ``kmock.KubernetesError`` (400 or 422).
+    (``Warn`` when absent, as on the server). Raises ``StatusError`` (400 or 422).
     """
     spec = crd["spec"]
     kind, group = spec["names"]["kind"], spec["group"]

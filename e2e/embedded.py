@@ -14,13 +14,17 @@ adds what an operator needs on top of it:
   finalizer JSON-patches with a ``test`` op on it), ``uid``, ``creationTimestamp``,
   ``generation``, the ``status`` subresource split, ``timeoutSeconds`` and
   ``resourceVersion`` on watches, and watch streams that end when the server stops;
+* what kubectl needs to treat it as an API server: OpenAPI documents, server-side
+  tables, admission of custom resources with their CRD's own schema, every PATCH type,
+  ``PUT``, ``Status`` errors worded as the API server's (see docs/dev/kmock.md);
 * a kubeconfig file, so kopf, kubectl and the ``kubernetes`` client can connect.
 
 The emulator runs in its own thread and event loop. That keeps it serving while the
 caller blocks (a synchronous ``kubernetes`` client call, ``KopfRunner`` joining its
 thread) and keeps kopf's end-of-run task sweep away from the server's tasks.
 
-KMock is a test/demo dependency: only this module imports it.
+KMock is a test/demo dependency: only this module imports it; the helper modules beside
+it (openapi, tables, admission, field_errors, crd_schema, patches) know nothing of KMock.
 
 Run it as a process with ``python -m e2e.embedded --help``.
 """
@@ -55,6 +59,7 @@ import kmock
 import yaml
 
 from e2e import admission, openapi, patches, tables
+from e2e.field_errors import StatusError
 
 #: Built-in resources served by default: what kopf needs (namespaces, events, CRDs),
 #: what the operator watches or writes (nodes, pods, configmaps), and leases.
@@ -70,6 +75,8 @@ DEFAULT_BUILTINS: tuple[str, ...] = (
 
 #: Namespaces that exist in every real cluster; kopf serves only existing namespaces.
 DEFAULT_NAMESPACES: tuple[str, ...] = ("default", "kube-system")
+
+_log = logging.getLogger(__name__)
 
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
@@ -245,8 +252,14 @@ class Emulator(kmock.KubernetesEmulator):
         except patches.PatchError as e:
             reason = {400: "BadRequest", 415: "UnsupportedMediaType"}.get(e.status, "Invalid")
             raise kmock.KubernetesError(status=e.status, reason=reason, message=str(e)) from e
+        except StatusError as e:
+            raise kmock.KubernetesError(
+                status=e.status, reason=e.reason, message=e.message, details=e.details
+            ) from e
         finally:
             self._forget(request)
+        if warnings:  # clients rarely show Warning headers: say it here too
+            _log.warning("%s %s: %s", request.method, request.url.path, "; ".join(warnings))
         for text in warnings if not response.prepared else []:  # RFC 7234 warn-code 299
             response.headers.add("Warning", '299 - "{}"'.format(text.replace('"', '\\"')))
         return response
@@ -266,7 +279,7 @@ class Emulator(kmock.KubernetesEmulator):
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         """A ``Status`` as the API server sends it (KMock adds a traceback as details)."""
         if not isinstance(exc, kmock.KubernetesError):
-            logging.getLogger(__name__).error("Request failed", exc_info=exc)
+            _log.error("Request failed", exc_info=exc)
             exc = kmock.KubernetesError(status=500, reason="InternalError", message=repr(exc))
         status = {
             "kind": "Status",

@@ -14,7 +14,8 @@ kubectl prints what the server says, so the emulator says it with the same words
   ``pkg/apiserver/schema/cel/validation.go`` (``fieldPath``, ``reason``, value omitted for
   objects and arrays);
 * :func:`invalid` and :func:`bad_request` are the ``Status`` errors (422 ``Invalid`` with
-  ``details.causes``, 400 ``BadRequest``) of apimachinery's ``api/errors``.
+  ``details.causes``, 400 ``BadRequest``) of apimachinery's ``api/errors``; the emulator
+  answers a :class:`StatusError` as that ``Status``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
-import kmock
 
 from e2e.crd_schema import RuleFailure
+
+
+class StatusError(Exception):
+    """A failed request, as the ``Status`` the API server answers with."""
+
+    def __init__(
+        self, status: int, reason: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.details = status, reason, message, details
 
 
 class _Omit:
@@ -245,9 +255,7 @@ def aggregate(errors: Sequence[Any]) -> str:
     return messages[0] if len(messages) == 1 else f"[{', '.join(messages)}]"
 
 
-def invalid(
-    kind: str, group: str, name: str, errors: Sequence[FieldError]
-) -> kmock.KubernetesError:
+def invalid(kind: str, group: str, name: str, errors: Sequence[FieldError]) -> StatusError:
     """422 ``Invalid``: ``MetaPolicy.metapolicy.dev "x" is invalid: spec.maxNodes: ...``."""
     qualified = f"{kind}.{group}" if group else kind
     message = f'{qualified} "{name}" is invalid'
@@ -256,12 +264,12 @@ def invalid(
     causes = [{"reason": e.type, "message": e.body(), "field": e.field} for e in errors]
     details = {"name": name, "group": group, "kind": kind, "causes": causes}
     details = {k: v for k, v in details.items() if v}  # Go's omitempty
-    return kmock.KubernetesError(status=422, reason="Invalid", message=message, details=details)
+    return StatusError(422, "Invalid", message, details)
 
 
-def bad_request(message: str) -> kmock.KubernetesError:
+def bad_request(message: str) -> StatusError:
     """400 ``BadRequest`` with the message as is (e.g. a strict decoding error on create)."""
-    return kmock.KubernetesError(status=400, reason="BadRequest", message=message)
+    return StatusError(400, "BadRequest", message)
 
 
 def strict_decoding(unknown: Sequence[str]) -> str:
