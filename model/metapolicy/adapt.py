@@ -1,17 +1,27 @@
-"""The adaptation pipeline: resize -> (distil) -> fine-tune -> validate -> promote or roll back.
+"""The adaptation pipeline, serve first: resize -> validate the zero-shot candidate (serve it
+if it passes) -> (distil) -> fine-tune -> validate -> promote, keep the zero-shot, or roll back.
 
-The backup is the policy serving before the change. A candidate is promoted only if its
-measured retention reaches `min_retention` AND it does not score below the backup run in
-masked mode on the new cluster (known nodes only; "below" means with ~95% confidence on the
-paired episodes, not by noise): otherwise keeping the backup is better, and the backup can keep
-serving as it is, since it never picks a node it does not know.
+The backup is the policy serving before the change. A candidate passes validation only if its
+measured retention is clearly at or above `min_retention` (the whole bootstrap interval) AND it
+does not score below the backup run in masked mode on the new cluster (known nodes only;
+"below" means with ~95% confidence on the paired episodes, not by noise): otherwise keeping the
+backup is better, and the backup can keep serving as it is, since it never picks a node it
+does not know. An interval that straddles `min_retention` is inconclusive: `on_inconclusive`
+says whether to wait for a person (pause), roll back or promote.
+
+The zero-shot candidate (the resized network, no training) is validated within seconds and can
+serve at once; the fine-tuned one replaces it only if it is significantly better on the same
+paired episodes, else the record says `kept-zero-shot`. Node-set fine-tuning moved retention by
+-0.024..+0.017 in the retention benchmark: waiting for it would leave a new node idle for tens
+of seconds for nothing.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,6 +30,7 @@ from metapolicy.cluster import NodeProfile, check_node_set
 from metapolicy.distill import DistillSettings, distill
 from metapolicy.evaluation import (
     Reference,
+    Retention,
     episode_returns,
     evaluation_seeds,
     reference,
@@ -27,10 +38,18 @@ from metapolicy.evaluation import (
 )
 from metapolicy.policy import SlotPolicy
 from metapolicy.ppo import Freeze, PPOSettings
+from metapolicy.record import AdaptationRecord, Outcome, Reason
 from metapolicy.selection import BestWeights, train_keeping_best
 from metapolicy.strategies import changed_slots, choose_strategy, resize
 from metapolicy.traces import Workload
 from metapolicy.workload import WorkloadSpec
+
+OnInconclusive = Literal["pause", "rollback", "promote"]
+ON_INCONCLUSIVE: tuple[str, ...] = ("pause", "rollback", "promote")
+
+
+class Cancelled(Exception):
+    """A background fine-tune was stopped (a newer node change makes it pointless)."""
 
 
 @dataclass(frozen=True)
@@ -41,47 +60,13 @@ class AdaptationSettings:
     episodes: int = 16
     min_retention: float = 0.9
     rollback: bool = True  # False: a candidate that fails validation is promoted anyway
+    on_inconclusive: OnInconclusive = "pause"
     max_nodes: int = 20
     distill_steps: int = 8192
     select_episodes: int = 16  # 0: keep the last fine-tuned weights instead of the best
     select_every: int = 2  # updates between two scorings of the weights
     seed: int = 0
     workload: Workload = field(default_factory=WorkloadSpec)
-
-
-@dataclass
-class AdaptationResult:
-    old_nodes: int
-    new_nodes: int
-    added: list[str]
-    removed: list[str]
-    strategy: str
-    adaptation_time: float  # seconds, resize + distil + fine-tune + validation
-    performance_retention: float
-    retention_interval: tuple[float, float]
-    candidate_score: float  # S(candidate, new cluster)
-    backup_score: float  # S(backup, old cluster)
-    backup_masked_score: (
-        float | None
-    )  # S(backup in masked mode, new cluster); None: no node in common
-    outcome: str  # "promoted" | "rolled_back"
-    reason: str
-    timings: dict[str, float] = field(default_factory=dict)
-    selected_steps: int | None = None  # fine-tune step count of the kept weights
-    candidate: SlotPolicy | None = field(default=None, repr=False)
-    # (steps, training seconds, mean return on the selection seeds) during fine-tuning
-    curve: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
-
-    @property
-    def promoted(self) -> bool:
-        return self.outcome == "promoted"
-
-    def to_dict(self) -> dict:
-        """JSON-friendly record (without the candidate network)."""
-        data = asdict(self)
-        del data["candidate"], data["curve"]
-        data["retention_interval"] = list(self.retention_interval)
-        return data
 
 
 @dataclass(frozen=True)
@@ -118,31 +103,92 @@ def significantly_worse(candidate: np.ndarray, backup: np.ndarray, z: float = 1.
     return bool(difference.mean() + z * spread < 0)
 
 
-def decide(v: Validation, min_retention: float, rollback: bool, seed: int = 0):
-    """-> (retention, candidate S, backup S, masked S, outcome, reason)."""
-    kept = retention(v.candidate_new, v.reference_new, v.backup_old, v.reference_old, seed=seed)
+def significantly_better(candidate: np.ndarray, other: np.ndarray) -> bool:
+    return significantly_worse(other, candidate)
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    reason: str
+    codes: tuple[Reason, ...]
+    retention: Retention
+    candidate_score: float
+    backup_score: float
+    backup_masked_score: float | None
+
+
+def decide(v: Validation, s: AdaptationSettings) -> Decision:
+    """Promote, roll back or call it inconclusive, from the paired validation returns."""
+    kept = retention(v.candidate_new, v.reference_new, v.backup_old, v.reference_old, seed=s.seed)
     cand = v.reference_new.score(v.candidate_new)
     masked = None if v.backup_masked is None else v.reference_new.score(v.backup_masked)
-    problems = []
-    if kept.value < min_retention:
-        problems.append(f"retention {kept.value:.3f} is below minRetention {min_retention:.3f}")
+    backup = v.reference_old.score(v.backup_old)
+    low, high, least = kept.low, kept.high, s.min_retention
+    interval = f"retention {kept.value:.3f} [{low:.3f}, {high:.3f}]"
+    failures: list[tuple[Reason, str]] = []
+    if high < least or kept.value < least <= low:
+        failures.append(
+            (Reason.RETENTION_BELOW_THRESHOLD, f"{interval} is below minRetention {least:.3f}")
+        )
     if masked is not None and significantly_worse(v.candidate_new, v.backup_masked):
-        problems.append(
-            f"candidate S={cand:.3f} scores below the backup in masked mode S={masked:.3f}"
+        failures.append(
+            (
+                Reason.WORSE_THAN_MASKED_BACKUP,
+                f"candidate S={cand:.3f} scores below the backup in masked mode S={masked:.3f}",
+            )
         )
-    if not problems:
-        reason = f"retention {kept.value:.3f} >= {min_retention:.3f}"
-        if masked is not None:
-            reason += f" and candidate S={cand:.3f} is not below backup-masked S={masked:.3f}"
-        outcome = "promoted"
-    elif rollback:
-        outcome, reason = "rolled_back", "; ".join(problems)
-    else:
-        outcome, reason = (
-            "promoted",
-            "validation failed but rollback is disabled: " + "; ".join(problems),
+    inconclusive = not failures and low < least
+
+    def made(outcome: Outcome, codes: list[Reason], reason: str) -> Decision:
+        return Decision(outcome, reason, tuple(codes), kept, cand, backup, masked)
+
+    if failures:
+        codes, words = [c for c, _ in failures], "; ".join(w for _, w in failures)
+        if s.rollback:
+            return made(Outcome.ROLLED_BACK, codes, words)
+        return made(
+            Outcome.PROMOTED,
+            [*codes, Reason.ROLLBACK_DISABLED],
+            "validation failed but rollback is disabled: " + words,
         )
-    return kept, cand, v.reference_old.score(v.backup_old), masked, outcome, reason
+    if inconclusive:
+        words = f"{interval} straddles minRetention {least:.3f}"
+        codes = [Reason.RETENTION_INCONCLUSIVE]
+        if s.on_inconclusive == "promote":
+            return made(Outcome.PROMOTED, codes, words + "; onInconclusive promotes")
+        if s.on_inconclusive == "rollback":
+            return made(Outcome.ROLLED_BACK, codes, words + "; onInconclusive rolls back")
+        return made(Outcome.INCONCLUSIVE, codes, words + "; waiting for promote or abort")
+    reason = f"{interval} >= {least:.3f}"
+    if masked is not None:
+        reason += f" and candidate S={cand:.3f} is not below backup-masked S={masked:.3f}"
+    return made(Outcome.PROMOTED, [Reason.VALIDATED], reason)
+
+
+def against_zero_shot(final: Decision, v: Validation, zero_shot: StageResult) -> Decision:
+    """The zero-shot candidate serves: the fine-tuned one replaces it only if it passes AND is
+    significantly better on the same paired episodes; otherwise the zero-shot is kept."""
+    better = significantly_better(v.candidate_new, zero_shot.validation.candidate_new)
+    if final.outcome is Outcome.PROMOTED and better:
+        return replace(
+            final,
+            codes=(*final.codes, Reason.BETTER_THAN_ZERO_SHOT),
+            reason=f"{final.reason}; significantly better than the zero-shot candidate "
+            f"(S={final.candidate_score:.3f} vs {zero_shot.record.candidate_score:.3f})",
+        )
+    why = (
+        f"not significantly better than the zero-shot candidate "
+        f"(S={final.candidate_score:.3f} vs {zero_shot.record.candidate_score:.3f})"
+        if final.outcome is Outcome.PROMOTED
+        else final.reason
+    )
+    return replace(
+        final,
+        outcome=Outcome.KEPT_ZERO_SHOT,
+        codes=(*final.codes, Reason.NOT_BETTER_THAN_ZERO_SHOT),
+        reason=f"{why}; version of the zero-shot candidate keeps serving",
+    )
 
 
 def rollback_drill(candidate: SlotPolicy) -> None:
@@ -152,13 +198,103 @@ def rollback_drill(candidate: SlotPolicy) -> None:
         candidate.cost_weight.fill_(100.0)
 
 
+@dataclass
+class StageResult:
+    """One validated candidate: the zero-shot one, or the fine-tuned one after it."""
+
+    candidate: SlotPolicy = field(repr=False)
+    record: AdaptationRecord
+    validation: Validation = field(repr=False)
+    # (steps, training seconds, mean return on the selection seeds) during fine-tuning
+    curve: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
+
+    @property
+    def promoted(self) -> bool:
+        return self.record.outcome is Outcome.PROMOTED
+
+
+def _record(
+    backup: SlotPolicy,
+    new_nodes: Sequence[NodeProfile],
+    strategy: str,
+    decision: Decision,
+    seconds: float,
+    timings: dict[str, float],
+    **extra,
+) -> AdaptationRecord:
+    added, removed = changed_slots(backup.slot_names, [n.name for n in new_nodes])
+    return AdaptationRecord(
+        outcome=decision.outcome,
+        reason=decision.reason,
+        reason_codes=decision.codes,
+        strategy=strategy,
+        old_nodes=backup.size,
+        new_nodes=len(new_nodes),
+        added=tuple(added),
+        removed=tuple(removed),
+        adaptation_time=seconds,
+        performance_retention=decision.retention.value,
+        retention_interval=(decision.retention.low, decision.retention.high),
+        candidate_score=decision.candidate_score,
+        backup_score=decision.backup_score,
+        backup_masked_score=decision.backup_masked_score,
+        timings=dict(timings),
+        **extra,
+    )
+
+
+class _Laps:
+    def __init__(self) -> None:
+        self.start = self.clock = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = now - self.clock
+        self.clock = now
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def zero_shot(
+    backup: SlotPolicy,
+    new_nodes: Sequence[NodeProfile],
+    settings: AdaptationSettings | None = None,
+    perturb: Callable[[SlotPolicy], None] | None = None,
+) -> StageResult:
+    """Resize with the strategy's initialisation and validate, no training: seconds, not
+    minutes, so a changed node set can be served at once if this candidate passes."""
+    s = settings or AdaptationSettings()
+    new_nodes = check_node_set(new_nodes, s.max_nodes)
+    strategy = choose_strategy(backup.slot_names, [n.name for n in new_nodes], s.strategy)
+    laps = _Laps()
+    candidate = resize(backup, new_nodes, strategy)
+    laps("resize")
+    if perturb is not None:
+        perturb(candidate)
+    v = validate(candidate, backup, s.workload, s.episodes)
+    decision = decide(v, s)
+    laps("validate")
+    record = _record(backup, new_nodes, strategy, decision, laps.total, laps.timings)
+    return StageResult(candidate, record, v)
+
+
 def fine_tune(
     candidate: SlotPolicy,
     nodes: Sequence[NodeProfile],
     s: AdaptationSettings,
     progress: Callable[[str, float], None],
+    should_stop: Callable[[], bool] | None = None,
 ) -> BestWeights | None:
     """PPO on the new cluster, keeping the best weights seen (the resized start included)."""
+
+    def update(stats) -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled("fine-tune cancelled")
+        progress("fine_tune", 0.1 + 0.7 * stats.steps / max(1, s.budget_steps))
+
     _, best = train_keeping_best(
         candidate,
         nodes,
@@ -166,42 +302,32 @@ def fine_tune(
         PPOSettings.fine_tune(s.budget_steps, s.freeze, s.seed),
         s.select_episodes,
         s.select_every,
-        lambda stats: progress("fine_tune", 0.1 + 0.7 * stats.steps / max(1, s.budget_steps)),
+        update,
     )
     return best
 
 
-def adapt(
+def refine(
     backup: SlotPolicy,
-    new_nodes: Sequence[NodeProfile],
+    start: StageResult,
     settings: AdaptationSettings | None = None,
     perturb: Callable[[SlotPolicy], None] | None = None,
     on_progress: Callable[[str, float], None] | None = None,
-) -> AdaptationResult:
-    """Adapt `backup` to `new_nodes` and decide whether the candidate may replace it.
+    should_stop: Callable[[], bool] | None = None,
+) -> StageResult:
+    """(Distil,) fine-tune from the zero-shot candidate and validate on the same episodes.
 
-    `perturb` is applied to the candidate before validation: a rollback drill (and a test hook)
-    proving that a bad candidate is caught.
+    The backup's returns and the references are taken from the zero-shot validation (same
+    seeds, same clusters). Raises `Cancelled` as soon as `should_stop()` says so.
     """
     s = settings or AdaptationSettings()
-    new_nodes = check_node_set(new_nodes, s.max_nodes)
     progress = on_progress or (lambda stage, fraction: None)
-    names = [n.name for n in new_nodes]
-    added, removed = changed_slots(backup.slot_names, names)
-    strategy = choose_strategy(backup.slot_names, names, s.strategy)
-    timings: dict[str, float] = {}
-    start = clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = now - clock
-        clock = now
-
-    progress("resize", 0.0)
+    new_nodes = start.candidate.nodes
+    strategy = start.record.strategy
+    # The zero-shot candidate again (resizing is deterministic), unsabotaged in a drill.
     candidate = resize(backup, new_nodes, strategy)
-    lap("resize")
-    if strategy == "knowledge_distillation" and added:
+    laps = _Laps()
+    if strategy == "knowledge_distillation" and start.record.added:
         progress("distill", 0.05)
         distill(
             candidate,
@@ -210,38 +336,98 @@ def adapt(
             s.workload,
             DistillSettings(steps=s.distill_steps, seed=s.seed),
         )
-        lap("distill")
+        laps("distill")
     best = None
     if s.budget_steps > 0:
-        best = fine_tune(candidate, new_nodes, s, progress)
-        lap("fine_tune")
+        best = fine_tune(candidate, new_nodes, s, progress, should_stop)
+        laps("fine_tune")
         if best is not None:  # scoring the weights is reported apart from training them
-            timings["select"] = best.seconds
-            timings["fine_tune"] -= best.seconds
+            laps.timings["select"] = best.seconds
+            laps.timings["fine_tune"] -= best.seconds
     if perturb is not None:
         perturb(candidate)
     progress("validate", 0.8)
-    kept, cand, base, masked, outcome, reason = decide(
-        validate(candidate, backup, s.workload, s.episodes), s.min_retention, s.rollback, s.seed
+    seeds = evaluation_seeds(s.episodes)
+    v = replace(
+        start.validation,
+        candidate_new=episode_returns(candidate.agent(), new_nodes, s.workload, seeds),
     )
-    lap("validate")
+    decision = decide(v, s)
+    if start.promoted:
+        decision = against_zero_shot(decision, v, start)
+    laps("validate")
     progress("done", 1.0)
-    return AdaptationResult(
-        old_nodes=backup.size,
-        new_nodes=len(new_nodes),
-        added=added,
-        removed=removed,
-        strategy=strategy,
-        adaptation_time=time.perf_counter() - start,
-        performance_retention=kept.value,
-        retention_interval=(kept.low, kept.high),
-        candidate_score=cand,
-        backup_score=base,
-        backup_masked_score=masked,
-        outcome=outcome,
-        reason=reason,
-        timings=timings,
+    record = _record(
+        backup,
+        new_nodes,
+        strategy,
+        decision,
+        start.record.adaptation_time + laps.total,
+        start.record.timings | laps.timings,
         selected_steps=None if best is None else best.best_steps,
-        candidate=candidate,
-        curve=[] if best is None else best.curve,
     )
+    return StageResult(candidate, record, v, [] if best is None else best.curve)
+
+
+@dataclass
+class AdaptationResult:
+    """Both stages of one adaptation; the attributes of the final one are at the top level."""
+
+    zero_shot: StageResult
+    final: StageResult  # the fine-tuned candidate, or the zero-shot one without a budget
+
+    @property
+    def record(self) -> AdaptationRecord:
+        return self.final.record
+
+    @property
+    def candidate(self) -> SlotPolicy:
+        return self.final.candidate
+
+    @property
+    def serving(self) -> SlotPolicy | None:
+        """The candidate that ends up active, or None when the backup keeps serving."""
+        if self.final.promoted:
+            return self.final.candidate
+        return self.zero_shot.candidate if self.zero_shot.promoted else None
+
+    @property
+    def curve(self) -> list[tuple[int, float, float]]:
+        return self.final.curve
+
+    @property
+    def promoted(self) -> bool:
+        return self.serving is not None
+
+    def __getattr__(self, name: str):
+        """outcome, reason, performance_retention, ..., timings: the final record's."""
+        if name.startswith("_") or name in ("zero_shot", "final"):
+            raise AttributeError(name)
+        return getattr(self.final.record, name)
+
+
+def adapt(
+    backup: SlotPolicy,
+    new_nodes: Sequence[NodeProfile],
+    settings: AdaptationSettings | None = None,
+    perturb: Callable[[SlotPolicy], None] | None = None,
+    on_progress: Callable[[str, float], None] | None = None,
+    on_zero_shot: Callable[[StageResult], None] | None = None,
+) -> AdaptationResult:
+    """Both stages: validate the zero-shot candidate (`on_zero_shot` may serve it before the
+    fine-tune starts), then fine-tune and decide again. With `budget_steps=0` the zero-shot
+    decision is final.
+
+    `perturb` is applied to each candidate before its validation: a rollback drill (and a test
+    hook) proving that a bad candidate is caught.
+    """
+    s = settings or AdaptationSettings()
+    progress = on_progress or (lambda stage, fraction: None)
+    progress("resize", 0.0)
+    first = zero_shot(backup, new_nodes, s, perturb)
+    if on_zero_shot is not None:
+        on_zero_shot(first)
+    if s.budget_steps <= 0 and first.record.strategy != "knowledge_distillation":
+        progress("done", 1.0)
+        return AdaptationResult(first, first)
+    return AdaptationResult(first, refine(backup, first, s, perturb, progress))

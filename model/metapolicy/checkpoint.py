@@ -9,6 +9,7 @@ import torch
 
 from metapolicy.cluster import NodeProfile
 from metapolicy.policy import ARCHITECTURES, SlotPolicy
+from metapolicy.record import AdaptationRecord
 from metapolicy.store import Checkpoint, CorruptCheckpointError
 
 # 2: the observation of features.py (only what a scheduler knows). Schema 1 policies read the
@@ -16,8 +17,13 @@ from metapolicy.store import Checkpoint, CorruptCheckpointError
 SCHEMA = 2
 
 
-def policy_to_checkpoint(policy: SlotPolicy, **meta: Any) -> Checkpoint:
-    """`meta` adds what the caller knows: strategy, scores, workload, trigger, parent version."""
+def policy_to_checkpoint(
+    policy: SlotPolicy, record: AdaptationRecord | None = None, **meta: Any
+) -> Checkpoint:
+    """`record` is what produced these weights, stored in the same atomic write so that a crash
+    can never leave a version without the story of how it was made; `meta` adds anything else."""
+    if record is not None:
+        meta["record"] = record.to_json()
     return Checkpoint(
         tensors={k: v.detach().clone() for k, v in policy.state_dict().items()},
         meta={
@@ -48,3 +54,9 @@ def policy_from_checkpoint(checkpoint: Checkpoint) -> SlotPolicy:
     except (KeyError, ValueError, RuntimeError, TypeError) as error:
         raise CorruptCheckpointError(f"cannot rebuild the policy: {error}") from error
     return policy
+
+
+def stored_record(meta: dict) -> AdaptationRecord | None:
+    """The record a version was stored with, if any."""
+    data = meta.get("record")
+    return AdaptationRecord.from_json(data) if isinstance(data, dict) else None

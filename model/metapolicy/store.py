@@ -37,6 +37,7 @@ WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 ACTIVE_FILE = "ACTIVE"
 TRACE_FILE = "observed-trace.json.gz"  # the policy's recorded workload (metapolicy.observed)
+JOURNAL_FILE = "JOURNAL.json"
 _LOCK_FILE = ".lock"
 _TMP_PREFIX = ".tmp-"  # anything starting with this is an unfinished write
 _VERSION_DIR = re.compile(r"^v(\d+)$")
@@ -159,6 +160,34 @@ def _check_safetensors_header(weights: bytes, version: int) -> None:
         )
 
 
+#: Records kept in the journal; the CRD's status.history shows the last 50.
+JOURNAL_LIMIT = 200
+#: What a journal entry keeps of a record: enough for the timeline and for counting attempts
+#: per node set, without the node-name lists that grow with the cluster.
+JOURNAL_FIELDS = (
+    "version", "parentVersion", "outcome", "reason", "reasonCodes", "strategy", "trigger",
+    "attempt", "oldNodes", "newNodes", "nodeSetHash", "startedAt", "finishedAt", "drill",
+    "performanceRetention", "retentionInterval", "candidateScore", "backupScore",
+    "backupMaskedScore", "adaptationTime", "timeToServe", "workloadSource", "workloadTasks",
+)  # fmt: skip
+
+
+def compact_record(record: dict) -> dict:
+    out = {k: record[k] for k in JOURNAL_FIELDS if k in record}
+    if isinstance(out.get("reason"), str):
+        out["reason"] = out["reason"][:500]
+    return out
+
+
+def record_key(record: dict) -> tuple:
+    """A record's identity: the version it is about, what happened to it, and when."""
+    return (record.get("version"), record.get("trigger"), record.get("finishedAt"))
+
+
+def _record_order(record: dict) -> tuple:
+    return (record.get("finishedAt") or "", record.get("version") or 0)
+
+
 def versions_to_prune(versions: list[int], *, keep: int, active: int | None) -> list[int]:
     """The newest `keep` versions survive, and so does the active one wherever it is.
 
@@ -216,6 +245,61 @@ class CheckpointStore(abc.ABC):
     def load_trace(self) -> bytes | None:
         """The stored trace, or None if nothing was recorded yet."""
 
+    # ----- the record of what happened -----------------------------------------------------
+    # Each version's manifest carries the record of how it was made (written with the weights,
+    # atomically). Records that make no version (a manual promote, an abort, a cancelled
+    # fine-tune) and the records of pruned versions live in a journal: one small object,
+    # replaced whole. Together they are the policy's history, which survives the operator, the
+    # status subresource and pruning.
+
+    @abc.abstractmethod
+    def read_journal(self) -> list[dict]:
+        """The journal's records ([] if there is none yet)."""
+
+    @abc.abstractmethod
+    def write_journal(self, records: list[dict]) -> None:
+        """Replace the journal atomically."""
+
+    def append_record(self, record: dict) -> None:
+        """Add a record that makes no version (or keep one whose version is pruned)."""
+        self.write_journal(_with(self.read_journal(), compact_record(record)))
+
+    def manifests(self) -> dict[int, dict]:
+        """Every readable manifest by version (corrupt ones are left out)."""
+        found = {}
+        for version in self.versions():
+            try:
+                found[version] = self.manifest(version)
+            except CheckpointError as e:
+                log.warning("%s; its record is left out of the history", e)
+        return found
+
+    def history(self) -> list[dict]:
+        """Every record, oldest first: the journal's and those of the stored versions."""
+        records = {record_key(r): r for r in self.read_journal()}
+        for version, manifest in self.manifests().items():
+            record = manifest["meta"].get("record")
+            if isinstance(record, dict):
+                record = record | {"version": version}
+                records[record_key(record)] = record  # the full record wins over a copy
+        return sorted(records.values(), key=_record_order)
+
+    def _journal_pruned(self, versions: list[int]) -> None:
+        """Copy the records of versions about to be pruned into the journal first."""
+        kept = []
+        for version in versions:
+            try:
+                record = self.manifest(version)["meta"].get("record")
+            except CheckpointError:
+                continue
+            if isinstance(record, dict):
+                kept.append(compact_record(record | {"version": version}))
+        if kept:
+            journal = self.read_journal()
+            for record in kept:
+                journal = _with(journal, record)
+            self.write_journal(journal)
+
     def latest_valid(self) -> tuple[int, Checkpoint] | None:
         for version in reversed(self.versions()):
             try:
@@ -238,6 +322,13 @@ class CheckpointStore(abc.ABC):
                 "active version %d is unusable (%s); falling back to newest valid", version, e
             )
         return self.latest_valid()
+
+
+def _with(journal: list[dict], record: dict) -> list[dict]:
+    """The journal with `record` added (replacing one with the same identity), bounded."""
+    key = record_key(record)
+    kept = [r for r in journal if record_key(r) != key] + [record]
+    return sorted(kept, key=_record_order)[-JOURNAL_LIMIT:]
 
 
 class FilesystemStore(CheckpointStore):
@@ -271,7 +362,9 @@ class FilesystemStore(CheckpointStore):
                 _fsync_dir(self.root)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # no-op once renamed
-            for old in versions_to_prune(self.versions(), keep=self.keep, active=self.active()):
+            pruned = versions_to_prune(self.versions(), keep=self.keep, active=self.active())
+            self._journal_pruned(pruned)
+            for old in pruned:
                 self._remove(self._dir(old))
         log.info("saved checkpoint version %d to %s", version, self.root)
         return version
@@ -321,6 +414,31 @@ class FilesystemStore(CheckpointStore):
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+
+    def read_journal(self) -> list[dict]:
+        try:
+            data = json.loads((self.root / JOURNAL_FILE).read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable %s: %s", self.root / JOURNAL_FILE, e)
+            return []
+        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+
+    def write_journal(self, records: list[dict]) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
+        os.close(fd)
+        try:
+            _write(Path(tmp), (json.dumps(records, indent=1) + "\n").encode())
+            os.replace(tmp, self.root / JOURNAL_FILE)
+            _fsync_dir(self.root)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def append_record(self, record: dict) -> None:
+        with self._locked():
+            super().append_record(record)
 
     def save_trace(self, data: bytes) -> None:
         """Written under a `.tmp-*` name, fsynced, then renamed over the old one: a crash

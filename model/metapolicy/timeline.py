@@ -1,8 +1,9 @@
 """A readable timeline of a policy's life: one row per training or adaptation.
 
-Rows use this library's snake_case names; :func:`history_rows` maps the records of a
-MetaPolicy's ``status.history`` (the CRD's camelCase) onto them, for the demo, the e2e
-reports and ``kubectl metapolicy``.
+Rows are adaptation records in their one JSON form (`AdaptationRecord.to_json()`, the CRD's
+camelCase, as stored in checkpoints and in a MetaPolicy's ``status.history``) with a ``time``
+and an ``event``: the offline demo, the CLI, the e2e reports and ``kubectl metapolicy`` all
+render the same records.
 """
 
 from __future__ import annotations
@@ -21,34 +22,41 @@ COLUMNS = (
     "retention [90% CI]",
     "S new/old",
     "took",
+    "served in",
     "outcome",
 )
 
 
 def _retention(row: Mapping) -> str:
-    value = row.get("performance_retention")
+    value = row.get("performanceRetention")
     if value is None:
         return "-"
-    low, high = row.get("retention_interval") or (value, value)
+    low, high = row.get("retentionInterval") or (value, value)
     return f"{value:.3f} [{low:.2f}, {high:.2f}]"
 
 
 def _scores(row: Mapping) -> str:
-    new, old = row.get("candidate_score"), row.get("backup_score")
+    new, old = row.get("candidateScore"), row.get("backupScore")
     if new is None:
         return "-"
     return f"{new:.3f}" if old is None else f"{new:.3f}/{old:.3f}"
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
 def format_row(row: Mapping) -> list[str]:
+    """One record (`AdaptationRecord.to_json()`, as in status.history) plus `time` and `event`."""
     return [
         row.get("time", ""),
-        row.get("event", "adapt"),
-        f"{row.get('old_nodes', 0)} -> {row.get('new_nodes', 0)}",
+        row.get("event") or event_name(row),
+        f"{row.get('oldNodes', 0)} -> {row.get('newNodes', 0)}",
         row.get("strategy") or "-",
         _retention(row),
         _scores(row),
-        f"{row.get('adaptation_time', 0.0):.1f}s",
+        _seconds(row.get("adaptationTime", 0.0)),
+        _seconds(row.get("timeToServe")),
         row.get("outcome", ""),
     ]
 
@@ -67,36 +75,22 @@ def render(rows: Iterable[Mapping]) -> str:
     return "\n".join(lines)
 
 
-#: status.history record field -> timeline row field
-STATUS_FIELDS = {
-    "oldNodes": "old_nodes",
-    "newNodes": "new_nodes",
-    "strategy": "strategy",
-    "performanceRetention": "performance_retention",
-    "retentionInterval": "retention_interval",
-    "candidateScore": "candidate_score",
-    "backupScore": "backup_score",
-    "adaptationTime": "adaptation_time",
-    "outcome": "outcome",
-    "reason": "reason",
-}
-
-
 def event_name(record: Mapping[str, Any]) -> str:
-    """What caused a status record, in the words of the demo: train, scale up/down, drill, ..."""
+    """What caused a record, in the words of the demo: train, scale up/down, drill, ..."""
     if record.get("strategy") == "initial":
         return "train"
     if record.get("drill"):
         return "drill"
-    if record.get("trigger") == "manual":
-        return "manual"
-    if record.get("trigger") == "retry":
-        return "retry"
+    trigger = record.get("trigger")
+    if trigger in ("manual", "retry", "rollback-to"):
+        return trigger
     old, new = record.get("oldNodes", 0), record.get("newNodes", 0)
     added, removed = record.get("addedNodes") or [], record.get("removedNodes") or []
     if added and removed:
-        return f"reshape +{len(added)}/-{len(removed)}"
-    return "scale up" if new > old else "scale down" if new < old else "refresh"
+        change = f"reshape +{len(added)}/-{len(removed)}"
+    else:
+        change = "scale up" if new > old else "scale down" if new < old else "refresh"
+    return f"zero-shot {change}" if trigger == "zero-shot" else change
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -106,11 +100,11 @@ def _parse_time(value: str | None) -> datetime | None:
 def history_rows(
     history: Sequence[Mapping[str, Any]], start: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """One row per status record; ``time`` is +MM:SS since ``start`` (default: the first)."""
+    """The records with `time` (+MM:SS since `start`, default the first) and `event`."""
     rows = []
     origin = start or (_parse_time(history[0].get("startedAt")) if history else None)
     for record in history:
-        row = {STATUS_FIELDS[k]: v for k, v in record.items() if k in STATUS_FIELDS}
+        row = dict(record)
         began = _parse_time(record.get("startedAt"))
         if began is not None and origin is not None:
             seconds = max(0, int((began - origin).total_seconds()))

@@ -11,6 +11,7 @@ from metapolicy.evaluation import episode_returns, evaluation_seeds, reference
 from metapolicy.imitation import warm_start
 from metapolicy.policy import SlotPolicy, make_policy
 from metapolicy.ppo import PPOSettings
+from metapolicy.record import AdaptationRecord, Outcome, Reason
 from metapolicy.selection import train_keeping_best
 from metapolicy.traces import Workload
 from metapolicy.workload import WorkloadSpec
@@ -52,6 +53,19 @@ class TrainingResult:
     # (steps, training seconds, mean return on the selection seeds); empty without selection
     curve: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
     teacher: str | None = None  # the heuristic imitated before PPO, if any
+
+    def record(self) -> AdaptationRecord:
+        return AdaptationRecord(
+            outcome=Outcome.PROMOTED,
+            reason=f"initial training: S={self.score:.3f}, best heuristic {self.best_heuristic}",
+            reason_codes=(Reason.INITIAL_TRAINING,),
+            strategy="initial",
+            new_nodes=self.policy.size,
+            adaptation_time=self.seconds,
+            candidate_score=self.score,
+            best_heuristic=self.best_heuristic,
+            steps=self.steps,
+        )
 
 
 def train_initial(

@@ -51,7 +51,7 @@ def test_adaptation_keeps_the_best_fine_tuned_weights(policy, workload):
     returns = [r for _, _, r in result.curve]
     assert steps[0] == 0 and steps[-1] == 2048
     assert result.selected_steps == steps[returns.index(max(returns))]
-    assert "selected_steps" in result.to_dict() and "curve" not in result.to_dict()
+    assert "selectedSteps" in result.record.to_json() and "curve" not in result.record.to_json()
 
 
 def test_selection_can_be_switched_off(policy, workload):

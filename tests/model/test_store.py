@@ -397,3 +397,44 @@ def test_checkpoint_errors_share_a_base() -> None:
     assert issubclass(CorruptCheckpointError, CheckpointError)
     assert issubclass(CheckpointNotFoundError, CheckpointError)
     assert str(CheckpointNotFoundError("no checkpoint version 4")) == "no checkpoint version 4"
+
+
+# ----- the records: manifests and journal --------------------------------------------------------
+def with_record(seed: int, **record) -> Checkpoint:
+    checkpoint = make_checkpoint(seed)
+    finished = f"2026-11-27T12:00:{seed:02d}Z"
+    meta = checkpoint.meta | {"record": {"outcome": "promoted", "finishedAt": finished, **record}}
+    return Checkpoint(tensors=checkpoint.tensors, meta=meta)
+
+
+def test_history_holds_every_record_even_of_pruned_versions(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path, keep=2)
+    for seed in range(1, 5):
+        store.save(with_record(seed, trigger="nodes", reasonCodes=["validated"], timings={"x": 1}))
+    store.append_record({"outcome": "aborted", "trigger": "abort", "version": 4,
+                         "finishedAt": "2026-11-27T12:00:30Z"})  # fmt: skip
+    assert store.versions() == [3, 4]
+    history = store.history()
+    assert [(r["version"], r["outcome"]) for r in history] == [
+        (1, "promoted"), (2, "promoted"), (3, "promoted"), (4, "promoted"), (4, "aborted"),
+    ]  # fmt: skip
+    # the pruned versions' records were copied to the journal, compact
+    journal = {r["version"]: r for r in store.read_journal()}
+    assert set(journal) == {1, 2, 4}
+    assert "timings" not in journal[1] and journal[1]["reasonCodes"] == ["validated"]
+    assert "timings" in history[2]  # a live version's full record
+
+
+def test_the_journal_is_bounded_replaced_atomically_and_removed_with_the_store(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(store_module, "JOURNAL_LIMIT", 3)
+    store = FilesystemStore(tmp_path)
+    for i in range(5):
+        store.append_record({"trigger": "abort", "finishedAt": f"2026-11-27T12:00:0{i}Z"})
+    assert [r["finishedAt"][-3:] for r in store.read_journal()] == ["02Z", "03Z", "04Z"]
+    assert not list(tmp_path.glob(".tmp-*"))
+    (tmp_path / store_module.JOURNAL_FILE).write_text("{not json")
+    assert store.read_journal() == []  # unreadable: ignored, with a warning
+    store.delete_all()
+    assert not (tmp_path / store_module.JOURNAL_FILE).exists()
