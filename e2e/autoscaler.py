@@ -141,9 +141,14 @@ def _last(status: Mapping[str, Any], key: str) -> Any:
 
 
 def observe(key: str, status: Mapping[str, Any]) -> Any:
-    """The value an `expect` key compares against, from a MetaPolicy status."""
+    """The value an `expect` key compares against, from a MetaPolicy status.
+
+    `historyLength` counts the records that end a training or an adaptation: the record of a
+    zero-shot candidate served before its fine-tune belongs to the adaptation that follows.
+    """
     if key == "historyLength":
-        return len(status.get("history") or [])
+        history = status.get("history") or []
+        return sum(1 for record in history if record.get("trigger") != "zero-shot")
     if key == "nodes":
         return sorted(status.get("nodes") or [])
     if key == "lastDrill":
@@ -156,6 +161,14 @@ def observe(key: str, status: Mapping[str, Any]) -> Any:
 
 def _want(key: str, value: Any) -> Any:
     return sorted(value) if key in _LISTS else value
+
+
+def _matches(key: str, got: Any, value: Any) -> bool:
+    """A list for a scalar key means any of its values (serve first: an adaptation ends with
+    its fine-tuned candidate promoted, or with the zero-shot one kept, as one more version)."""
+    if isinstance(value, list) and key not in _LISTS:
+        return got in value
+    return got == _want(key, value)
 
 
 def _conditions_ok(want: Mapping[str, Any], status: Mapping[str, Any]) -> list[str]:
@@ -190,7 +203,7 @@ def mismatches(want: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[list
                 problems.append(f"adaptRequest.state={state!r} (want {value!r}...)")
             continue
         got = observe(key, status)
-        if got != _want(key, value):
+        if not _matches(key, got, value):
             problems.append(f"{key}={got!r} (want {_want(key, value)!r})")
     history = observe("historyLength", status)
     if "historyLength" in want:
@@ -199,7 +212,8 @@ def mismatches(want: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[list
         hopeless |= final and any(p.split("=")[0] in _RECORD for p in problems)
     hopeless |= status.get("phase") == "Failed" and want.get("phase", "Failed") != "Failed"
     if want.get("lastDrill") and observe("lastDrill", status) and "lastOutcome" in want:
-        hopeless |= observe("lastOutcome", status) != want["lastOutcome"]  # a drill is not retried
+        # a drill is not retried
+        hopeless |= not _matches("lastOutcome", observe("lastOutcome", status), want["lastOutcome"])
     return problems, hopeless
 
 

@@ -163,8 +163,9 @@ class Operator:
         self.metrics_url: str | None = None
         self.starts = 0
 
-    def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Start and wait until it serves /metrics (its startup handler has run)."""
+    def start(self, timeout: float = START_TIMEOUT, env: dict[str, str] | None = None) -> None:
+        """Start and wait until it serves /metrics (its startup handler has run). `env` adds
+        environment variables (the crash tests set a fault point)."""
         if self.process is not None and self.process.running():
             raise RuntimeError("the operator is already running")
         self.starts += 1
@@ -176,7 +177,8 @@ class Operator:
         ]  # fmt: skip
         log = self.workdir / f"operator-{self.starts}.log"
         # A failed reconcile is retried after 30 s by default; e2e has no time for that.
-        self.process = ManagedProcess("operator", argv, log, {"METAPOLICY_RETRY_SECONDS": "5"})
+        env = {"METAPOLICY_RETRY_SECONDS": "5"} | (env or {})
+        self.process = ManagedProcess("operator", argv, log, env)
         match = self.process.wait_for_log(_METRICS_LINE, timeout)
         self.metrics_url = f"{match[1]}/metrics"
 

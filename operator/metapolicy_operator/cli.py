@@ -6,14 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import yaml
 
-from metapolicy.adapt import AdaptationSettings, adapt
-from metapolicy.checkpoint import policy_from_checkpoint, policy_to_checkpoint
+from metapolicy.adapt import ON_INCONCLUSIVE, AdaptationSettings, StageResult, adapt
+from metapolicy.checkpoint import policy_from_checkpoint, policy_to_checkpoint, stored_record
 from metapolicy.cluster import NodeProfile, make_cluster, resize_cluster
 from metapolicy.ppo import FREEZE_MODES
 from metapolicy.store import FilesystemStore
@@ -44,11 +45,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar = progress("train")
     result = train_initial(nodes, settings, lambda f: bar("ppo", f))
     store = FilesystemStore(args.store)
-    version = store.save(
-        policy_to_checkpoint(
-            result.policy, strategy="initial", score=result.score, steps=result.steps
-        )
-    )
+    record = result.record().with_context(trigger="initial")
+    version = store.save(policy_to_checkpoint(result.policy, record=record))
     store.set_active(version)
     print(
         f"trained {args.architecture} on {len(nodes)} nodes in {result.seconds:.1f}s: "
@@ -58,6 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    """Serve first, as the operator does: the zero-shot candidate is stored (and made active if
+    it passes) before the fine-tune starts; the fine-tuned one replaces it only if better."""
     store = FilesystemStore(args.store)
     loaded = store.load_active()
     if loaded is None:
@@ -77,19 +77,42 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         freeze=args.freeze,
         episodes=args.episodes,
         min_retention=args.min_retention,
+        on_inconclusive=args.on_inconclusive,
         max_nodes=args.max_nodes,
         seed=args.seed,
         workload=cli_evaluate.workload_from_args(args),
     )
-    result = adapt(backup, new_nodes, settings, on_progress=progress("adapt"))
-    record = result.to_dict()
-    new_version = store.save(
-        policy_to_checkpoint(result.candidate, parent=version, adaptation=record)
+    started = time.perf_counter()
+    rows, served = [], {}
+
+    def store_stage(stage: StageResult, **context) -> int:
+        record = stage.record.with_context(parent_version=version, **context)
+        stored = store.save(policy_to_checkpoint(stage.candidate, record=record))
+        if stage.promoted:
+            store.set_active(stored)
+            served.setdefault("time_to_serve", time.perf_counter() - started)
+        rows.append(record.with_context(version=stored, time_to_serve=served.get("time_to_serve")))
+        return stored
+
+    def serve_zero_shot(stage: StageResult) -> None:
+        served["version"] = store_stage(stage, trigger="zero-shot")
+
+    quiet = args.json
+    result = adapt(
+        backup,
+        new_nodes,
+        settings,
+        on_progress=None if quiet else progress("adapt"),
+        on_zero_shot=serve_zero_shot,
     )
-    if result.promoted:
-        store.set_active(new_version)
-    print(render([record | {"event": "adapt"}]))
-    print(f"candidate stored as version {new_version}; active version {store.active()}")
+    if result.final is not result.zero_shot:
+        store_stage(result.final, trigger="nodes")
+    final = rows[-1]
+    if args.json:
+        print(json.dumps(final.to_json(camel=False), indent=2))
+    else:
+        print(render([r.to_json() for r in rows]))
+        print(f"stored versions {', '.join(str(r.version) for r in rows)}; active {store.active()}")
     return 0 if result.promoted else 1
 
 
@@ -104,10 +127,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             continue
         meta = manifest["meta"]
         marker = "*" if version == active else " "
-        outcome = meta.get("adaptation", {}).get("outcome", meta.get("strategy", ""))
+        record = stored_record(meta)
+        outcome = f"{record.trigger or ''}:{record.outcome}" if record else "-"
         print(
             f"{marker}v{version}  {manifest['created']}  {meta['architecture']:<9} "
-            f"slots={meta['slots']:<3} {outcome:<12} nodes={','.join(meta['node_names'])}"
+            f"slots={meta['slots']:<3} {outcome:<24} nodes={','.join(meta['node_names'])}"
         )
     if args.json and active is not None:
         print(json.dumps(store.manifest(active), indent=2))
@@ -173,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze", choices=FREEZE_MODES, default="gradual")
     p.add_argument("--episodes", type=int, default=16)
     p.add_argument("--min-retention", type=float, default=0.9)
+    p.add_argument(
+        "--on-inconclusive",
+        choices=ON_INCONCLUSIVE,
+        default="pause",
+        help="when the retention interval straddles --min-retention (pause: store, keep serving)",
+    )
+    p.add_argument("--json", action="store_true", help="print the final adaptation record")
     p.add_argument("--max-nodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     cli_evaluate.add_workload_arguments(p)

@@ -11,7 +11,9 @@ Why each write is safe:
 * a version is written by one ``create``: it appears whole or not at all, and a name already
   taken answers 409 Conflict, so two writers never overwrite each other's version;
 * the active pointer is a single object, so moving it is one atomic write;
-* a version is loaded from one ``get``, so its manifest and weights come from the same write.
+* a version is loaded from one ``get``, so its manifest and weights come from the same write;
+* the journal (``{policy}-journal``: records that made no version, and those of pruned
+  versions) is one object, replaced by one write.
 
 Every ConfigMap carries an ownerReference to its MetaPolicy, so on a real cluster the garbage
 collector removes them with it. The operator still calls `delete_all`, because the embedded
@@ -61,6 +63,7 @@ WEIGHTS_KEY = WEIGHTS_FILE + ".gz"  # in binaryData
 MANIFEST_KEY = MANIFEST_FILE  # in data
 POINTER_KEY = "version"  # in the pointer's data
 TRACE_KEY = TRACE_FILE  # in the trace's binaryData (already gzip-compressed)
+JOURNAL_KEY = "records.json"  # in the journal's data
 
 MANAGED_BY = "metapolicy-operator"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -70,6 +73,7 @@ LABEL_KIND = "metapolicy.dev/kind"
 KIND_CHECKPOINT = "checkpoint"
 KIND_POINTER = "pointer"
 KIND_TRACE = "trace"
+KIND_JOURNAL = "journal"
 
 OWNER_API_VERSION = "metapolicy.dev/v1alpha1"
 OWNER_KIND = "MetaPolicy"
@@ -291,6 +295,49 @@ class ConfigMapStore(CheckpointStore):
         for config_map in self._list(None):
             self._delete(config_map.metadata.name)
 
+    def manifests(self) -> dict[int, dict]:
+        """One list call, not a read per version."""
+        found = {}
+        for config_map in self._list(KIND_CHECKPOINT):
+            version = int(self._version_name.match(config_map.metadata.name)[1])
+            try:
+                found[version] = self._parse_manifest(config_map, version)
+            except CheckpointError as e:
+                log.warning("%s; its record is left out of the history", e)
+        return found
+
+    def read_journal(self) -> list[dict]:
+        config_map = self._read(self._journal_name())
+        if config_map is None or not self._is_ours(config_map, KIND_JOURNAL):
+            return []
+        try:
+            records = json.loads((config_map.data or {}).get(JOURNAL_KEY) or "[]")
+        except json.JSONDecodeError as e:
+            log.warning("ignoring unreadable journal %s: %s", self._journal_name(), e)
+            return []
+        return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+    def write_journal(self, records: list[dict]) -> None:
+        name = self._journal_name()
+        data = {JOURNAL_KEY: json.dumps(records, separators=(",", ":"))}
+        existing = self._read(name)
+        if existing is None:
+            body = {"metadata": self._metadata(name, KIND_JOURNAL), "data": data}
+            self._call(
+                f"create ConfigMap {name}", self.core.create_namespaced_config_map,
+                self.namespace, body,
+            )  # fmt: skip
+            return
+        if not self._is_ours(existing, KIND_JOURNAL):
+            raise CheckpointError(
+                f"ConfigMap {self.namespace}/{name} exists but is not the journal of "
+                f"MetaPolicy {self.policy!r}; not overwriting it"
+            )
+        self._call(
+            f"update ConfigMap {name}", self.core.patch_namespaced_config_map,
+            name, self.namespace, {"data": data},
+        )  # fmt: skip
+
     # -- ConfigMap layout -------------------------------------------------------------------
 
     def _name(self, version: int) -> str:
@@ -301,6 +348,9 @@ class ConfigMapStore(CheckpointStore):
 
     def _trace_name(self) -> str:
         return f"{self.prefix}-trace"
+
+    def _journal_name(self) -> str:
+        return f"{self.prefix}-journal"
 
     def _metadata(self, name: str, kind: str, version: int | None = None) -> dict[str, Any]:
         labels = {
@@ -402,9 +452,15 @@ class ConfigMapStore(CheckpointStore):
             self.namespace,
             label_selector=",".join(f"{k}={v}" for k, v in selector.items()),
         )
-        names = {self._pointer_name()} if kind in (None, KIND_POINTER) else set()
-        if kind in (None, KIND_TRACE):
-            names.add(self._trace_name())
+        names = {
+            name
+            for name, name_kind in (
+                (self._pointer_name(), KIND_POINTER),
+                (self._journal_name(), KIND_JOURNAL),
+                (self._trace_name(), KIND_TRACE),
+            )
+            if kind in (None, name_kind)
+        }
         return [
             item
             for item in result.items
@@ -425,7 +481,9 @@ class ConfigMapStore(CheckpointStore):
                 raise
 
     def _prune(self) -> None:
-        for old in versions_to_prune(self.versions(), keep=self.keep, active=self.active()):
+        pruned = versions_to_prune(self.versions(), keep=self.keep, active=self.active())
+        self._journal_pruned(pruned)
+        for old in pruned:
             self._delete(self._name(old))
 
     def _is_ours(self, config_map: Any, kind: str) -> bool:

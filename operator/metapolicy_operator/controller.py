@@ -1,105 +1,83 @@
-"""One controller per MetaPolicy: a loop that debounces changes, then reconciles the stored
-state towards the eligible node set, one training or adaptation at a time.
+"""One controller per MetaPolicy: triggers -> reconcile -> act.
 
-Everything it decides comes from what is stored (the spec, the active checkpoint, the history
-in status), so a restarted operator picks up where the last one stopped. PyTorch work runs in
-worker processes; the loop only waits for it.
+Triggers are node changes (debounced by the settle window), spec changes and manual requests.
+Reconcile reads only stored state (the spec, the eligible nodes, the checkpoint store's active
+version and records) and rebuilds status from it, so a restarted operator picks up where the
+last one stopped, whatever it was writing when it died. Acting is one training, one
+adaptation or one manual request at a time; PyTorch work runs in worker processes, and an
+adaptation serves its zero-shot candidate before it fine-tunes.
+
+Every write follows one order: the store first (the candidate with its record, then the active
+pointer), then status, then the Event. `faults.boundary` marks each step for the crash tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import kopf
-import kubernetes
 import safetensors.torch
 
+from metapolicy.checkpoint import stored_record
 from metapolicy.cluster import NodeProfile
+from metapolicy.record import AdaptationRecord, Outcome, Reason
 from metapolicy.store import CheckpointError, CheckpointStore, FilesystemStore
-from metapolicy.strategies import UnknownStrategy, check_strategy
-from metapolicy_operator import jobs
-from metapolicy_operator.config import OperatorConfig
+from metapolicy_operator import jobs, requests
 from metapolicy_operator.configmap_store import ConfigMapStore
-from metapolicy_operator.inventory import NodeIssue, SelectorError, eligible_profiles
-from metapolicy_operator.metrics import Metrics
-from metapolicy_operator.planning import Plan, attempt_settings, node_set_hash, plan
+from metapolicy_operator.faults import boundary
+from metapolicy_operator.inventory import SelectorError, eligible_profiles
+from metapolicy_operator.planning import Plan, attempt_settings, node_set_hash, plan, undecided
+from metapolicy_operator.reporting import StatusReporter
+from metapolicy_operator.runtime import Runtime
 from metapolicy_operator.spec import InvalidSpec, PolicySpec, parse_spec
-from metapolicy_operator.status import (
-    adaptation_record,
-    condition,
-    conditions_for,
-    now_iso,
-    with_history,
-)
-
-GROUP, VERSION, PLURAL = "metapolicy.dev", "v1alpha1", "metapolicies"
-ADAPT_REQUEST = "metapolicy.dev/adapt-request"
+from metapolicy_operator.status import now_iso
 
 log = logging.getLogger(__name__)
 
+WATCHED_ANNOTATIONS = (
+    requests.ADAPT_REQUEST,
+    requests.PROMOTE,
+    requests.ABORT,
+    requests.ROLLBACK_TO,
+)
 
-@dataclass
-class Runtime:
-    """Process-wide shared state: API clients, the worker pool, metrics, live controllers."""
 
-    config: OperatorConfig
-    api: kubernetes.client.ApiClient
-    metrics: Metrics
-    pool: ProcessPoolExecutor
-    workers: asyncio.Semaphore
-    controllers: dict[str, PolicyController] = field(default_factory=dict)
-    node_digests: dict[str, tuple] = field(default_factory=dict)
-
-    @property
-    def core(self) -> kubernetes.client.CoreV1Api:
-        return kubernetes.client.CoreV1Api(self.api)
-
-    @property
-    def custom(self) -> kubernetes.client.CustomObjectsApi:
-        return kubernetes.client.CustomObjectsApi(self.api)
-
-    async def run_job(self, fn: Callable, *args: Any) -> jobs.JobResult:
-        """Run in a worker process, at most `workers` at a time across policies."""
-        async with self.workers:
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-            except BrokenProcessPool:
-                self.pool = jobs.make_pool(self.config.workers)  # a worker died (OOM, kill)
-                raise
+class Refused(Exception):
+    """A manual request that cannot be carried out; the message says why."""
 
 
 class PolicyController:
     def __init__(self, runtime: Runtime, body: kopf.Body, nodes: kopf.Index) -> None:
         self.runtime = runtime
-        self.body = body  # kopf keeps a daemon's body live, but it can lag our own status writes
-        self.current: Mapping = dict(body)  # the freshest object: re-read, or a patch response
+        self.body = body
         self.nodes = nodes
-        self.key = f"{body.meta.namespace}/{body.meta.name}"
+        self.report = StatusReporter(runtime, body)
+        self.key = self.report.key
         self.wake = asyncio.Event()
+        self.nodes_changed = asyncio.Event()
         self.last_change = time.monotonic()
-        self.seen: tuple[Any, Any] = (None, None)
+        self.seen: tuple[Any, ...] = ()
         runtime.metrics.start(self.key)
-        self._reported: dict[str, str] = {}
 
-    # ----- triggers -----------------------------------------------------------------------------
+    # ----- triggers ---------------------------------------------------------------------------
     def nudge(self) -> None:
         """A node changed: reconcile after the settle window has been quiet."""
         self.last_change = time.monotonic()
+        self.nodes_changed.set()
         self.wake.set()
 
     def observe(self, body: Mapping) -> None:
-        """Wake on spec or adapt-request changes, not on our own status patches."""
+        """Wake on spec changes and manual requests, not on our own status patches."""
         meta = body.get("metadata", {})
-        seen = (meta.get("generation"), (meta.get("annotations") or {}).get(ADAPT_REQUEST))
+        annotations = meta.get("annotations") or {}
+        seen = (meta.get("generation"), *(annotations.get(a) for a in WATCHED_ANNOTATIONS))
         if seen != self.seen:
             self.seen = seen
             self.wake.set()
@@ -132,7 +110,7 @@ class PolicyController:
         while not stopped and (remaining := self.last_change + window - time.monotonic()) > 0:
             await stopped.wait(remaining)
 
-    # ----- reconcile ------------------------------------------------------------------------------
+    # ----- reconcile --------------------------------------------------------------------------
     async def reconcile_safely(self) -> float | None:
         try:
             return await self.reconcile()
@@ -142,341 +120,420 @@ class PolicyController:
             reason = type(error).__name__
             log.exception("%s: reconcile failed", self.key)
             self.runtime.metrics.errors.labels(reason).inc()
-            await self.report("Warning", "ReconcileError", f"{reason}: {error}")
-            await self.patch_status(
+            self.runtime.metrics.in_progress.labels(self.key).set(0)
+            await self.report.event("Warning", "ReconcileError", f"{reason}: {error}")
+            await self.report.patch(
                 {"message": f"reconcile failed: {error}"},
                 degraded=(True, "ReconcileError", f"{reason}: {error}"),
             )
             return self.runtime.config.retry_seconds
 
     async def reconcile(self) -> float | None:
-        meta = self.body.meta
+        if not await self.report.refresh():
+            return None  # deleted; kopf stops this daemon
         try:
-            self.current = await asyncio.to_thread(
-                self.runtime.custom.get_namespaced_custom_object,
-                GROUP, VERSION, meta.namespace, PLURAL, meta.name,
-            )  # fmt: skip
-        except kubernetes.client.ApiException as error:
-            if error.status == 404:
-                return None  # deleted; kopf stops this daemon
-            raise
-        status = self.status
-        try:
-            spec = parse_spec(self.current.get("spec"))
+            spec = parse_spec(self.report.current.get("spec"))
             profiles, issues, _ = eligible_profiles(self.nodes_now(), spec.selector)
         except (InvalidSpec, SelectorError) as error:
-            self.runtime.metrics.errors.labels("InvalidSpec").inc()
-            await self.report("Warning", "InvalidSpec", str(error))
-            await self.patch_status(
-                {"phase": "Failed", "message": f"invalid spec: {error}"},
-                ready=(False, "InvalidSpec", str(error)),
-                degraded=(True, "InvalidSpec", f"{error}; the active policy keeps serving"),
-            )
+            await self.invalid_spec(error)
             return None
-        await self.report_node_issues(issues)
+        await self.report.node_issues(issues)
         store = self.store(spec)
-        loaded = await asyncio.to_thread(store.load_active)
-        active = loaded[1].meta["node_names"] if loaded else None
         desired = [p.name for p in profiles]
-        request, request_raw = await self.pending_request(status)
-        decision = plan(spec, active, desired, status.get("history") or [], request)
-        self.update_gauges(loaded, desired)
+        records = await asyncio.to_thread(store.history)
+        loaded = await self.complete_promotion(store, records)
+        active = loaded[1].meta["node_names"] if loaded else None
+        await self.report.sync(records, loaded[0] if loaded else None, active or [], len(desired))
+        self.report.gauges(loaded, desired)
+
+        pending, malformed = requests.pending(self.report.current)
+        for annotation, raw, error in malformed:
+            await self.refuse(annotation, raw, str(error))
+        control = next((r for r in pending if r.kind != "adapt"), None)
+        if control is not None:
+            await self.control(control, spec, store, loaded, records, profiles)
+            return 0  # look again: the active version may have changed
+        adapt_request = next((r for r in pending if r.kind == "adapt"), None)
+        decision = plan(
+            spec,
+            active,
+            desired,
+            records,
+            None
+            if adapt_request is None
+            else {
+                "strategy": adapt_request.strategy,
+                "reason": adapt_request.reason,
+                "drill": adapt_request.drill,
+            },
+        )
         if decision.action == "train":
             await self.train(spec, store, profiles, decision)
             return 0
         if decision.action == "adapt":
-            await self.adapt(spec, store, loaded, profiles, decision, request_raw)
+            await self.adapt(spec, store, loaded, profiles, decision, adapt_request)
             return 0
-        await self.settle_status(decision, loaded, desired)
+        await self.report.settled(decision, loaded[0] if loaded else None, active or [])
         return decision.retry_in
 
-    # ----- actions --------------------------------------------------------------------------------
-    async def train(self, spec: PolicySpec, store, profiles: list[NodeProfile], p: Plan) -> None:
-        started = now_iso()
-        await self.begin(p, f"initial training on {len(profiles)} nodes")
+    async def complete_promotion(self, store: CheckpointStore, records: Sequence[Mapping]):
+        """The active version is the one of the newest promoted record: if the operator stopped
+        after storing a promoted candidate but before moving the pointer, move it now, so the
+        adaptation is not run twice. Returns the active (version, checkpoint), or None."""
+        promoted = [r for r in records if r.get("outcome") == "promoted" and r.get("version")]
+        if promoted:
+            want = promoted[-1]["version"]
+            pointer = await asyncio.to_thread(store.active)
+            if pointer != want:
+                try:
+                    await asyncio.to_thread(store.set_active, want)
+                except CheckpointError as error:
+                    log.warning("%s: cannot make version %s active: %s", self.key, want, error)
+                else:
+                    await self.report.event(
+                        "Warning",
+                        "PromotionCompleted",
+                        f"version {want} was promoted but the pointer still named {pointer}: "
+                        "the operator stopped in between; it is active now",
+                    )
+        return await asyncio.to_thread(store.load_active)
+
+    async def invalid_spec(self, error: Exception) -> None:
+        self.runtime.metrics.errors.labels("InvalidSpec").inc()
+        await self.report.event("Warning", "InvalidSpec", str(error))
+        await self.report.patch(
+            {"phase": "Failed", "message": f"invalid spec: {error}"},
+            ready=(False, "InvalidSpec", str(error)),
+            degraded=(True, "InvalidSpec", f"{error}; the active policy keeps serving"),
+        )
+
+    # ----- training and adaptation ------------------------------------------------------------
+    async def train(
+        self, spec: PolicySpec, store: CheckpointStore, profiles: list[NodeProfile], p: Plan
+    ) -> None:
+        names = [n.name for n in profiles]
+        started, clock = now_iso(), time.monotonic()
+        await self.report.begin(p, f"initial training on {len(profiles)} nodes")
         try:
             result = await self.runtime.run_job(
                 jobs.train_job, [n.to_dict() for n in profiles], spec.training
             )
         finally:
             self.runtime.metrics.in_progress.labels(self.key).set(0)
-        version = await asyncio.to_thread(store.save, result.checkpoint())
-        await asyncio.to_thread(store.set_active, version)
-        record = adaptation_record(
-            result.record | {"old_nodes": 0, "strategy": "initial"},
-            version=version,
-            attempt=1,
+        record = result.outcome_record.with_context(
             trigger="initial",
-            startedAt=started,
-            finishedAt=now_iso(),
-            nodeSetHash=node_set_hash([n.name for n in profiles]),
+            attempt=1,
+            started_at=started,
+            finished_at=now_iso(),
+            node_set_hash=node_set_hash(names),
+            time_to_serve=time.monotonic() - clock,
         )
-        self.runtime.metrics.training_seconds.observe(result.record["adaptation_time"])
-        self.runtime.metrics.candidate_score.labels(self.key).set(record["candidateScore"])
-        await self.finish(record, version, None, [n.name for n in profiles])
-        await self.report("Normal", "Trained", record["reason"] + f"; version {version}")
+        version = await self.store_stage(store, result, record, "train")
+        await self.report.recorded(record.with_context(version=version), active_version=version,
+                                   active_names=names)  # fmt: skip
+        boundary("after-status", "train")
+        await self.report.announce(record, f"version {version} serves {len(names)} nodes")
+        boundary("after-event", "train")
 
-    async def adapt(self, spec, store, loaded, profiles, p: Plan, request_raw) -> None:
+    async def adapt(
+        self,
+        spec: PolicySpec,
+        store: CheckpointStore,
+        loaded,
+        profiles: list[NodeProfile],
+        p: Plan,
+        request: requests.Request | None,
+    ) -> None:
+        """Serve first: validate the zero-shot candidate and serve it if it passes, then
+        fine-tune in the background (cancelled by a node change) and decide again."""
         backup_version, backup = loaded
-        started = now_iso()
-        names = [n.name for n in profiles]
-        added = sorted(set(names) - set(backup.meta["node_names"]))
-        removed = sorted(set(backup.meta["node_names"]) - set(names))
-        change = f"{len(backup.meta['node_names'])} -> {len(names)} nodes"
-        detail = (
-            f"{change} (+{','.join(added) or '-'} -{','.join(removed) or '-'}) with {p.strategy}"
-        )
-        await self.begin(p, detail)
-        weights = safetensors.torch.save({k: v.contiguous() for k, v in backup.tensors.items()})
+        old_names, names = backup.meta["node_names"], [n.name for n in profiles]
+        added = sorted(set(names) - set(old_names))
+        removed = sorted(set(old_names) - set(names))
+        change = f"{len(old_names)} -> {len(names)} nodes"
+        moved = f"+{','.join(added) or '-'} -{','.join(removed) or '-'}"
+        detail = f"{change} ({moved}) with {p.strategy}"
+        await self.report.begin(p, detail)
         settings = attempt_settings(spec.adaptation, p)
-        try:
-            result = await self.runtime.run_job(
-                jobs.adapt_job,
-                weights,
-                backup.meta,
-                [n.to_dict() for n in profiles],
-                settings,
-                p.drill,
-            )
-        finally:
-            self.runtime.metrics.in_progress.labels(self.key).set(0)
-        version = await asyncio.to_thread(store.save, result.checkpoint())
-        promoted = result.record["outcome"] == "promoted"
-        if promoted:
-            await asyncio.to_thread(store.set_active, version)
-        record = adaptation_record(
-            result.record,
-            version=version,
+        weights = safetensors.torch.save({k: v.contiguous() for k, v in backup.tensors.items()})
+        context = dict(
             attempt=p.attempt,
-            trigger=p.trigger,
-            startedAt=started,
-            finishedAt=now_iso(),
-            nodeSetHash=node_set_hash(names),
+            started_at=now_iso(),
+            node_set_hash=node_set_hash(names),
+            parent_version=backup_version,
             drill=p.drill or None,
         )
-        self.observe_adaptation(record)
-        active_names = names if promoted else backup.meta["node_names"]
-        await self.finish(
-            record,
-            version if promoted else backup_version,
-            backup_version,
-            active_names,
-            request=(request_raw, p, record) if request_raw else None,
-        )
-        if promoted:
-            await self.report(
-                "Normal", "Promoted", f"{change} with {p.strategy}: {record['reason']}"
+        clock = time.monotonic()
+        try:
+            first = await self.runtime.run_job(
+                jobs.zero_shot_job, weights, backup.meta, [n.to_dict() for n in profiles],
+                settings, p.drill,
+            )  # fmt: skip
+            refining = settings.budget_steps > 0 or (
+                first.outcome_record.strategy == "knowledge_distillation" and bool(added)
             )
-        else:
-            serving = f"version {backup_version} keeps serving"
-            await self.report(
-                "Warning",
-                "RolledBack",
-                f"{change} with {p.strategy}: {record['reason']}; {serving}",
+            # Without a fine-tune to follow, the zero-shot decision is the adaptation's own.
+            zero = first.outcome_record.with_context(
+                trigger="zero-shot" if refining else p.trigger, finished_at=now_iso(), **context
             )
-
-    # ----- status ---------------------------------------------------------------------------------
-    async def begin(self, p: Plan, message: str) -> None:
-        self.runtime.metrics.in_progress.labels(self.key).set(1)
-        self.runtime.metrics.set_phase(self.key, p.phase)
-        await self.report("Normal", p.reason, message)
-        await self.patch_status(
-            {"phase": p.phase, "message": message},
-            adapting=(True, p.reason, message),
-        )
-
-    async def finish(self, record, active_version, backup_version, active_names, request=None):
-        status = self.status
-        promoted = record["outcome"] == "promoted"
-        phase = "Ready" if promoted else "RolledBack"
-        patch: dict[str, Any] = {
-            "phase": phase,
-            "message": record["reason"],
-            "lastAdaptation": record,
-            "history": with_history(status.get("history"), record),
-            "activeVersion": active_version,
-            "nodes": list(active_names),
-            "currentNodes": len(active_names),
-        }
-        if backup_version is not None:
-            patch["backupVersion"] = backup_version
-        if request is not None:
-            raw, p, rec = request
-            patch["adaptRequest"] = {
-                "received": raw,
-                "strategy": p.strategy,
-                "reason": p.message,
-                "state": f"done: {rec['outcome']} (version {rec['version']})",
-            }
-        self.runtime.metrics.set_phase(self.key, phase)
-        self.runtime.metrics.active_version.labels(self.key).set(active_version)
-        self.runtime.metrics.slots.labels(self.key).set(len(active_names))
-        await self.patch_status(
-            patch,
-            ready=(True, "Serving", f"version {active_version} serves {len(active_names)} nodes"),
-            adapting=(False, "Idle", record["reason"]),
-            degraded=(not promoted, "RolledBack" if not promoted else "Healthy", record["reason"]),
-        )
-
-    async def settle_status(self, p: Plan, loaded, desired: list[str]) -> None:
-        """Report a plan that needs no work (in sync, waiting, degraded) if it is news."""
-        status = self.status
-        version = loaded[0] if loaded else None
-        nodes = loaded[1].meta["node_names"] if loaded else []
-        patch: dict[str, Any] = {
-            "phase": p.phase,
-            "message": p.message,
-            "eligibleNodes": len(desired),
-        }
-        if version is not None:
-            patch |= {"activeVersion": version, "nodes": nodes, "currentNodes": len(nodes)}
-        healthy = p.action == "in_sync"
-        self.runtime.metrics.set_phase(self.key, p.phase)
-        if healthy:
-            self.runtime.metrics.last_success.labels(self.key).set(time.time())
-        if all(status.get(k) == v for k, v in patch.items()) and not self._condition_stale(p):
+            served = zero.outcome is Outcome.PROMOTED
+            if served:
+                zero = zero.with_context(time_to_serve=time.monotonic() - clock)
+            zero_version = await self.store_stage(store, first, zero, "zero-shot")
+            zero = zero.with_context(version=zero_version)
+            active_version, active_names = (
+                (zero_version, names) if served else (backup_version, old_names)
+            )
+            working = None
+            if refining:
+                working = f"version {active_version} serves; fine-tuning {change} in the background"
+            await self.report.recorded(
+                zero,
+                active_version=active_version,
+                active_names=active_names,
+                backup_version=backup_version,
+                ack=None if refining else self.ack(request, zero, active_version),
+                still_working=working,
+            )
+            boundary("after-status", "zero-shot")
+            await self.report.announce(zero, f"{detail}, zero-shot")
+            boundary("after-event", "zero-shot")
+            if not refining:
+                return
+            cancel_dir = tempfile.mkdtemp(prefix="metapolicy-cancel-")
+            try:
+                cancel = jobs.Cancellation(str(Path(cancel_dir) / "cancel"))
+                final = await self.run_cancellable(
+                    spec, names, cancel, jobs.refine_job, weights, backup.meta, first, settings,
+                    p.drill, cancel,
+                )  # fmt: skip
+            finally:
+                shutil.rmtree(cancel_dir, ignore_errors=True)
+        finally:
+            self.runtime.metrics.in_progress.labels(self.key).set(0)
+        if final is None:
+            await self.cancelled(store, zero, p, context, active_version, active_names, request)
             return
-        if not healthy:
-            await self.report(
-                "Warning" if p.action == "degraded" else "Normal", p.reason, p.message
+        record = final.outcome_record.with_context(
+            trigger=p.trigger, finished_at=now_iso(), **context
+        )
+        promoted = record.outcome is Outcome.PROMOTED
+        if promoted:
+            record = record.with_context(time_to_serve=time.monotonic() - clock)
+        elif served:
+            record = record.with_context(time_to_serve=zero.time_to_serve)
+        version = await self.store_stage(store, final, record, "fine-tune")
+        record = record.with_context(version=version)
+        if promoted:
+            active_version, active_names = version, names
+        await self.report.recorded(
+            record,
+            active_version=active_version,
+            active_names=active_names,
+            backup_version=backup_version,
+            ack=self.ack(request, record, active_version),
+        )
+        boundary("after-status", "fine-tune")
+        serving = f"version {active_version} serves"
+        await self.report.announce(record, f"{detail}; {serving}")
+        boundary("after-event", "fine-tune")
+
+    async def store_stage(
+        self, store: CheckpointStore, result: jobs.JobResult, record: AdaptationRecord, stage: str
+    ) -> int:
+        """The candidate with its record in one write, then the pointer if it serves."""
+        version = await asyncio.to_thread(store.save, result.checkpoint(record))
+        boundary("after-save", stage)
+        if record.outcome is Outcome.PROMOTED:
+            await asyncio.to_thread(store.set_active, version)
+            boundary("after-activate", stage)
+        return version
+
+    async def run_cancellable(self, spec: PolicySpec, target: Sequence[str], cancel, fn, *args):
+        """Run a job; if the eligible node set moves away from `target` meanwhile, ask the job
+        to stop (it returns None) so the next adaptation starts from what serves now."""
+        job = asyncio.ensure_future(self.runtime.run_job(fn, *args))
+        try:
+            while not job.done():
+                self.nodes_changed.clear()
+                change = asyncio.ensure_future(self.nodes_changed.wait())
+                try:
+                    await asyncio.wait({job, change}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    change.cancel()
+                if job.done():
+                    break
+                try:
+                    now, _, _ = eligible_profiles(self.nodes_now(), spec.selector)
+                except SelectorError:
+                    continue
+                if sorted(n.name for n in now) != sorted(target):
+                    log.info("%s: the node set changed during the fine-tune; cancelling", self.key)
+                    cancel.request()
+            return await job
+        except asyncio.CancelledError:  # the operator stops: so does the worker, soon
+            cancel.request()
+            job.cancel()
+            raise
+
+    async def cancelled(self, store, zero, p: Plan, context, active_version, active_names, request):
+        record = AdaptationRecord(
+            outcome=Outcome.CANCELLED,
+            reason=f"the node set changed during the fine-tune; version {active_version} keeps "
+            "serving and the next adaptation starts from it",
+            reason_codes=(Reason.SUPERSEDED,),
+            strategy=zero.strategy,
+            old_nodes=zero.old_nodes,
+            new_nodes=zero.new_nodes,
+            trigger=p.trigger,
+            finished_at=now_iso(),
+            **context,
+        )
+        await asyncio.to_thread(store.append_record, record.to_json())
+        await self.report.recorded(
+            record,
+            active_version=active_version,
+            active_names=active_names,
+            ack=self.ack(request, record, active_version),
+        )
+        await self.report.announce(record, "fine-tune")
+
+    @staticmethod
+    def ack(
+        request: requests.Request | None, record: AdaptationRecord, serving: int | None = None
+    ) -> dict | None:
+        """The request's answer: what the whole adaptation did (a served zero-shot candidate
+        is a promotion even when the fine-tuned one was kept out)."""
+        if request is None:
+            return None
+        if serving is not None and serving != record.parent_version:
+            state = f"done: promoted (version {serving})"
+        else:
+            state = f"done: {record.outcome} (version {record.version})"
+        return requests.acknowledgement(
+            request.annotation, request.raw, state, strategy=record.strategy, reason=request.reason
+        )
+
+    # ----- manual requests --------------------------------------------------------------------
+    async def control(self, request, spec, store, loaded, records, profiles) -> None:
+        """promote, abort or rollback-to: no training, seconds at most."""
+        names = [n.name for n in profiles]
+        active_version = loaded[0] if loaded else None
+        try:
+            if request.kind == "abort":
+                record, serving = self.abort(records, names), loaded
+            else:
+                record, serving = await self.activate(request, store, records, names, loaded)
+        except Refused as error:
+            await self.refuse(request.annotation, request.raw, str(error))
+            return
+        if record.trigger == "abort":
+            await asyncio.to_thread(store.append_record, record.to_json())
+        serving_version = serving[0] if serving else None
+        serving_names = serving[1].meta["node_names"] if serving else []
+        state = f"done: {record.outcome} (version {record.version})"
+        await self.report.recorded(
+            record,
+            active_version=serving_version,
+            active_names=serving_names,
+            backup_version=active_version if serving_version != active_version else None,
+            ack=requests.acknowledgement(request.annotation, request.raw, state),
+        )
+        await self.report.set_condition("ManualRequest", True, "Done", record.reason)
+        await self.report.announce(record, f"{request.annotation}={request.raw}")
+
+    async def activate(self, request, store, records, names, loaded):
+        """promote or rollback-to: make a stored version active."""
+        version = request.version
+        try:
+            checkpoint = await asyncio.to_thread(store.load, version)
+        except CheckpointError as error:
+            raise Refused(f"version {version} cannot be served: {error}") from None
+        nodes = checkpoint.meta["node_names"]
+        made = stored_record(checkpoint.meta)
+        if request.kind == "promote" and sorted(nodes) != sorted(names):
+            raise Refused(
+                f"version {version} was made for another node set ({len(nodes)} nodes); "
+                "use metapolicy.dev/rollback-to to serve it as the backup of an adaptation"
             )
-        await self.patch_status(
-            patch,
-            ready=(version is not None, "Serving" if version else p.reason, p.message),
-            adapting=(False, "Idle", p.message),
-            degraded=(not healthy, "Healthy" if healthy else p.reason, p.message),
+        if request.kind == "rollbackTo" and not any(
+            r.get("version") == version and r.get("outcome") == "promoted" for r in records
+        ):
+            raise Refused(f"version {version} never served; only a previously active version")
+        trigger, code = (
+            ("promote", Reason.MANUAL_PROMOTE)
+            if request.kind == "promote"
+            else ("rollback-to", Reason.ROLLBACK_TO)
+        )
+        at = now_iso()
+        record = AdaptationRecord(
+            outcome=Outcome.PROMOTED,
+            reason=f"version {version} made active by {request.annotation}",
+            reason_codes=(code,),
+            strategy=made.strategy if made else "initial",
+            old_nodes=len(loaded[1].meta["node_names"]) if loaded else 0,
+            new_nodes=len(nodes),
+            version=version,
+            parent_version=loaded[0] if loaded else None,
+            trigger=trigger,
+            started_at=at,
+            finished_at=at,
+            node_set_hash=node_set_hash(nodes),
+        )
+        # The record first: the newest promoted record names the active version, so a crash
+        # before the pointer moves is completed by the next reconcile (complete_promotion).
+        promoted = [r for r in records if r.get("outcome") == "promoted"]
+        repeated = promoted and (promoted[-1].get("version"), promoted[-1].get("trigger")) == (
+            version,
+            trigger,
+        )
+        if not repeated:  # a request repeated after a crash adds no second record
+            await asyncio.to_thread(store.append_record, record.to_json())
+        await asyncio.to_thread(store.set_active, version)
+        return record, (version, checkpoint)
+
+    def abort(self, records, names) -> AdaptationRecord:
+        waiting = undecided(records, node_set_hash(names))
+        if waiting is None:
+            raise Refused("no inconclusive candidate waits for a decision at this node set")
+        at = now_iso()
+        return AdaptationRecord(
+            outcome=Outcome.ABORTED,
+            reason=f"inconclusive candidate version {waiting.get('version')} aborted by a user",
+            reason_codes=(Reason.MANUAL_ABORT,),
+            strategy=waiting.get("strategy", "zero_padding"),
+            old_nodes=waiting.get("oldNodes", 0),
+            new_nodes=waiting.get("newNodes", 0),
+            version=waiting.get("version"),
+            attempt=waiting.get("attempt"),
+            trigger="abort",
+            started_at=at,
+            finished_at=at,
+            node_set_hash=waiting.get("nodeSetHash"),
         )
 
-    def _condition_stale(self, p: Plan) -> bool:
-        conditions = {c.get("type"): c for c in self.status.get("conditions") or []}
-        degraded = conditions.get("Degraded", {})
-        want = "Healthy" if p.action == "in_sync" else p.reason
-        return degraded.get("reason") != want
+    async def refuse(self, annotation: str, raw: str, message: str) -> None:
+        reason = "InvalidAdaptRequest" if annotation == requests.ADAPT_REQUEST else "RequestRefused"
+        await self.report.event("Warning", reason, message)
+        await self.report.set_condition("ManualRequest", False, "Refused", message)
+        await self.report.write(requests.acknowledgement(annotation, raw, f"rejected: {message}"))
 
-    async def patch_status(self, patch: dict, ready=None, adapting=None, degraded=None) -> None:
-        status = self.status
-        generation = self.generation
-        patch = dict(patch) | {"observedGeneration": generation}
-        conditions = list(status.get("conditions") or [])
-        current = {c.get("type"): c for c in conditions}
-
-        def keep(type_: str) -> tuple[bool, str, str]:
-            c = current.get(type_, {})
-            return c.get("status") == "True", c.get("reason", "Unknown"), c.get("message", "")
-
-        patch["conditions"] = conditions_for(
-            conditions,
-            ready=ready or keep("Ready"),
-            adapting=adapting or keep("Adapting"),
-            degraded=degraded or keep("Degraded"),
-            generation=generation,
-        )
-        await self.write_status(patch)
-
-    # ----- helpers --------------------------------------------------------------------------------
-    @property
-    def status(self) -> Mapping:
-        return self.current.get("status") or {}
-
-    @property
-    def generation(self) -> int | None:
-        return self.current.get("metadata", {}).get("generation")
-
+    # ----- helpers ----------------------------------------------------------------------------
     def nodes_now(self) -> list[Mapping]:
         return [body for name in list(self.nodes) for body in self.nodes.get(name, [])]
 
     def store(self, spec: PolicySpec) -> CheckpointStore:
-        meta = self.body.meta
-        if spec.storage_backend == "filesystem":
-            root = Path(spec.storage_path) / meta.namespace / meta.name
-            return FilesystemStore(root, keep=spec.keep_versions)
-        return ConfigMapStore(
-            self.runtime.core, meta.namespace, meta.name, owner=self.body, keep=spec.keep_versions
-        )
+        return policy_store(self.runtime, self.body, spec)
 
-    async def pending_request(self, status: Mapping) -> tuple[dict | None, str | None]:
-        """A manual adapt request not yet acknowledged in status.adaptRequest.received."""
-        raw = (self.current.get("metadata", {}).get("annotations") or {}).get(ADAPT_REQUEST)
-        if not raw or (status.get("adaptRequest") or {}).get("received") == raw:
-            return None, None
-        try:
-            request = json.loads(raw)
-            if not isinstance(request, dict):
-                raise ValueError("not a JSON object")
-            strategy = request.get("strategy") or "auto"
-            if strategy != "auto":
-                check_strategy(strategy)
-        except (ValueError, UnknownStrategy) as error:
-            await self.reject_request(raw, f"annotation {ADAPT_REQUEST} ignored: {error}")
-            return None, None
-        return request, raw
 
-    async def reject_request(self, raw: str, message: str) -> None:
-        await self.report("Warning", "InvalidAdaptRequest", message)
-        await self.patch_status(
-            {"adaptRequest": {"received": raw, "state": f"rejected: {message}"}}
-        )
-
-    async def report_node_issues(self, issues: list[NodeIssue]) -> None:
-        for issue in issues:
-            await self.report("Warning", "MalformedNodeData", issue.message)
-        message = "; ".join(i.message for i in issues)
-        status = self.status
-        current = {c.get("type"): c for c in status.get("conditions") or []}.get("NodeData", {})
-        want = ("False", "MalformedNodeData", message) if issues else ("True", "Valid", "")
-        have = (current.get("status"), current.get("reason"), current.get("message", ""))
-        if have != want:
-            text = message or "all node data valid"
-            conditions = condition(
-                status.get("conditions"), "NodeData", not issues, want[1], text, self.generation
-            )
-            await self.write_status({"conditions": conditions})
-
-    async def write_status(self, patch: dict) -> None:
-        meta = self.body.meta
-        self.current = await asyncio.to_thread(
-            self.runtime.custom.patch_namespaced_custom_object_status,
-            GROUP, VERSION, meta.namespace, PLURAL, meta.name, {"status": patch},
-        )  # fmt: skip
-
-    async def report(self, type_: str, reason: str, message: str) -> None:
-        """An Event on the MetaPolicy and a log line; repeated identical reports are dropped."""
-        if self._reported.get(reason) == message:
-            return
-        self._reported[reason] = message
-        (log.warning if type_ == "Warning" else log.info)("%s: %s: %s", self.key, reason, message)
-        kopf.event(self.body, type=type_, reason=reason, message=message[:1024])
-
-    def update_gauges(self, loaded, desired: list[str]) -> None:
-        m, key = self.runtime.metrics, self.key
-        m.nodes.labels(key).set(len(desired))
-        if loaded:
-            version, checkpoint = loaded
-            names = checkpoint.meta["node_names"]
-            m.slots.labels(key).set(len(names))
-            m.active_version.labels(key).set(version)
-            m.in_sync.labels(key).set(1.0 if sorted(names) == sorted(desired) else 0.0)
-        else:
-            m.in_sync.labels(key).set(0.0)
-
-    def observe_adaptation(self, record: Mapping) -> None:
-        m, key = self.runtime.metrics, self.key
-        strategy, outcome = record.get("strategy", "unknown"), record["outcome"]
-        m.adaptations.labels(key, strategy, outcome).inc()
-        m.adaptation_seconds.labels(strategy).observe(record.get("adaptationTime", 0.0))
-        for gauge, field_ in (
-            (m.retention, "performanceRetention"),
-            (m.candidate_score, "candidateScore"),
-            (m.backup_score, "backupScore"),
-        ):
-            if field_ in record:
-                gauge.labels(key).set(record[field_])
-        if outcome == "rolled_back":
-            reason = record.get("reason", "")
-            if "minRetention" in reason:
-                m.rollbacks.labels(key, "retention_below_threshold").inc()
-            if "masked mode" in reason:
-                m.rollbacks.labels(key, "worse_than_masked_backup").inc()
+def policy_store(runtime: Runtime, body: Mapping, spec: PolicySpec) -> CheckpointStore:
+    meta = body["metadata"]
+    if spec.storage_backend == "filesystem":
+        root = Path(spec.storage_path) / meta["namespace"] / meta["name"]
+        return FilesystemStore(root, keep=spec.keep_versions)
+    return ConfigMapStore(
+        runtime.core, meta["namespace"], meta["name"], owner=body, keep=spec.keep_versions
+    )
 
 
 async def cleanup_store(runtime: Runtime, body: Mapping) -> None:
@@ -485,15 +542,10 @@ async def cleanup_store(runtime: Runtime, body: Mapping) -> None:
         spec = parse_spec(body.get("spec"))
     except InvalidSpec:
         spec = parse_spec({})
-    meta = body["metadata"]
-    if spec.storage_backend == "filesystem":
-        store: CheckpointStore = FilesystemStore(
-            Path(spec.storage_path) / meta["namespace"] / meta["name"]
-        )
-    else:
-        store = ConfigMapStore(runtime.core, meta["namespace"], meta["name"], owner=body)
+    store = policy_store(runtime, body, spec)
     try:
         await asyncio.to_thread(store.delete_all)
     except CheckpointError as error:
+        meta = body["metadata"]
         log.warning("%s/%s: store cleanup failed: %s", meta["namespace"], meta["name"], error)
         raise kopf.TemporaryError(f"store cleanup failed: {error}", delay=10) from error

@@ -16,16 +16,11 @@ import kubernetes
 
 from metapolicy_operator import jobs, recorder
 from metapolicy_operator.config import OperatorConfig
-from metapolicy_operator.controller import (
-    GROUP,
-    PLURAL,
-    VERSION,
-    PolicyController,
-    Runtime,
-    cleanup_store,
-)
+from metapolicy_operator.controller import PolicyController, cleanup_store
 from metapolicy_operator.inventory import eligibility, node_profile
 from metapolicy_operator.metrics import Metrics, serve
+from metapolicy_operator.reporting import GROUP, PLURAL, VERSION
+from metapolicy_operator.runtime import Runtime
 
 RUNTIME_KEY = "metapolicy-runtime"
 recorder.register(RUNTIME_KEY)  # the workload recorder: pods -> each policy's observed trace

@@ -2,7 +2,9 @@
 other policies, /metrics) never waits for PyTorch.
 
 Jobs take and return only plain data: node profiles as dicts, weights as safetensors bytes,
-results as JSON-able dicts. Nothing crosses the process boundary that a checkpoint would not.
+records as their JSON form. The one exception is the zero-shot `Validation` (numpy arrays),
+handed back to the fine-tune job so both stages are judged on the same paired episodes without
+replaying the backup.
 """
 
 from __future__ import annotations
@@ -10,13 +12,23 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 
-from metapolicy.adapt import AdaptationSettings, adapt, rollback_drill
+from metapolicy.adapt import (
+    AdaptationSettings,
+    Cancelled,
+    StageResult,
+    Validation,
+    refine,
+    rollback_drill,
+    zero_shot,
+)
 from metapolicy.checkpoint import policy_from_checkpoint, policy_to_checkpoint
 from metapolicy.cluster import NodeProfile
+from metapolicy.record import AdaptationRecord
 from metapolicy.store import Checkpoint
 from metapolicy.training import TrainingSettings, train_initial
 
@@ -24,53 +36,89 @@ from metapolicy.training import TrainingSettings, train_initial
 @dataclass(frozen=True)
 class JobResult:
     weights: bytes  # safetensors
-    meta: dict[str, Any]  # checkpoint meta (node names, architecture, ...)
-    record: dict[str, Any]  # what happened: AdaptationResult.to_dict() or the training summary
+    meta: dict[str, Any]  # checkpoint meta without the record (node names, architecture, ...)
+    record: dict[str, Any]  # AdaptationRecord.to_json()
+    validation: Validation | None = None  # the zero-shot stage's, for the fine-tune job
 
-    def checkpoint(self) -> Checkpoint:
-        return Checkpoint(tensors=safetensors.torch.load(self.weights), meta=self.meta)
+    def checkpoint(self, record: AdaptationRecord) -> Checkpoint:
+        """The weights with `record` (the job's, with the operator's context) in the meta."""
+        meta = self.meta | {"record": record.to_json()}
+        return Checkpoint(tensors=safetensors.torch.load(self.weights), meta=meta)
+
+    @property
+    def outcome_record(self) -> AdaptationRecord:
+        return AdaptationRecord.from_json(self.record)
 
 
-def _pack(policy, record: dict, **meta: Any) -> JobResult:
-    checkpoint = policy_to_checkpoint(policy, **meta)
+@dataclass(frozen=True)
+class Cancellation:
+    """A fine-tune job stops at its next update once this file exists."""
+
+    path: str
+
+    def requested(self) -> bool:
+        return Path(self.path).exists()
+
+    def request(self) -> None:
+        Path(self.path).touch()
+
+
+def _pack(policy, record: AdaptationRecord, validation: Validation | None = None) -> JobResult:
+    checkpoint = policy_to_checkpoint(policy)
     weights = safetensors.torch.save({k: v.contiguous() for k, v in checkpoint.tensors.items()})
-    return JobResult(weights=weights, meta=checkpoint.meta, record=record)
+    return JobResult(weights, checkpoint.meta, record.to_json(), validation)
+
+
+def _policy(weights: bytes, meta: dict):
+    return policy_from_checkpoint(Checkpoint(tensors=safetensors.torch.load(weights), meta=meta))
 
 
 def train_job(nodes: list[dict], settings: TrainingSettings) -> JobResult:
     result = train_initial([NodeProfile.from_dict(n) for n in nodes], settings)
-    record = {
-        "event": "train",
-        "new_nodes": len(nodes),
-        "candidate_score": result.score,
-        "best_heuristic": result.best_heuristic,
-        "adaptation_time": result.seconds,
-        "steps": result.steps,
-        "outcome": "promoted",
-        "reason": f"initial training: S={result.score:.3f}, best heuristic {result.best_heuristic}",
-    }
-    return _pack(result.policy, record, strategy="initial", score=result.score)
+    return _pack(result.policy, result.record())
 
 
-def adapt_job(
+def zero_shot_job(
     backup_weights: bytes,
     backup_meta: dict,
     nodes: list[dict],
     settings: AdaptationSettings,
     drill: bool = False,
 ) -> JobResult:
-    """`drill`: sabotage the candidate before validation, to prove rollback works end to end."""
-    backup = policy_from_checkpoint(
-        Checkpoint(tensors=safetensors.torch.load(backup_weights), meta=backup_meta)
-    )
-    result = adapt(
+    """Resize and validate, no training: the candidate the operator can serve at once.
+    `drill`: sabotage it before validation, to prove rollback works end to end."""
+    backup = _policy(backup_weights, backup_meta)
+    stage = zero_shot(
         backup,
         [NodeProfile.from_dict(n) for n in nodes],
         settings,
         perturb=rollback_drill if drill else None,
     )
-    record = result.to_dict()
-    return _pack(result.candidate, record, strategy=result.strategy, adaptation=record)
+    return _pack(stage.candidate, stage.record, stage.validation)
+
+
+def refine_job(
+    backup_weights: bytes,
+    backup_meta: dict,
+    start: JobResult,
+    settings: AdaptationSettings,
+    drill: bool = False,
+    cancel: Cancellation | None = None,
+) -> JobResult | None:
+    """Fine-tune after the zero-shot stage; None when cancelled."""
+    backup = _policy(backup_weights, backup_meta)
+    first = StageResult(_policy(start.weights, start.meta), start.outcome_record, start.validation)
+    try:
+        stage = refine(
+            backup,
+            first,
+            settings,
+            perturb=rollback_drill if drill else None,
+            should_stop=None if cancel is None else cancel.requested,
+        )
+    except Cancelled:
+        return None
+    return _pack(stage.candidate, stage.record)
 
 
 def _warm_worker() -> None:

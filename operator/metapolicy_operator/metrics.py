@@ -20,10 +20,12 @@ from prometheus_client import (
     generate_latest,
 )
 
+from metapolicy.record import ROLLBACK_REASONS, Outcome
 from metapolicy.strategies import STRATEGIES
 
-PHASES = ("Pending", "Training", "Ready", "Adapting", "RolledBack", "Failed", "Degraded")
-ROLLBACK_REASONS = ("retention_below_threshold", "worse_than_masked_backup")
+PHASES = (
+    "Pending", "Training", "Ready", "Adapting", "RolledBack", "Failed", "Degraded", "Paused"
+)  # fmt: skip
 DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 
@@ -68,6 +70,12 @@ class Metrics:
             ["policy", "strategy", "outcome"],
             registry=r,
         )
+        self.zero_shot = Counter(
+            "metapolicy_zero_shot_decisions_total",
+            "Zero-shot candidates (resized, not yet fine-tuned) by validation outcome",
+            ["policy", "outcome"],
+            registry=r,
+        )
         self.rollbacks = Counter(
             "metapolicy_rollbacks_total",
             "Rolled-back adaptations",
@@ -79,6 +87,13 @@ class Metrics:
             "Adaptation wall time (resize + fine-tune + validation)",
             ["strategy"],
             buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.time_to_serve = Histogram(
+            "metapolicy_time_to_serve_seconds",
+            "From the start of an adaptation to its candidate being active (zero-shot first)",
+            ["policy"],
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
             registry=r,
         )
         self.training_seconds = Histogram(
@@ -101,10 +116,12 @@ class Metrics:
     def start(self, policy: str) -> None:
         """Create a policy's counter series at 0, so increase() also sees its first event."""
         for strategy in STRATEGIES:
-            for outcome in ("promoted", "rolled_back"):
-                self.adaptations.labels(policy, strategy, outcome)
+            for outcome in Outcome:
+                self.adaptations.labels(policy, strategy, str(outcome))
         for reason in ROLLBACK_REASONS:
-            self.rollbacks.labels(policy, reason)
+            self.rollbacks.labels(policy, str(reason))
+        for outcome in (Outcome.PROMOTED, Outcome.ROLLED_BACK, Outcome.INCONCLUSIVE):
+            self.zero_shot.labels(policy, str(outcome))
 
     def set_phase(self, policy: str, phase: str) -> None:
         for name in PHASES:
@@ -118,7 +135,9 @@ class Metrics:
         for name in PHASES:
             with contextlib.suppress(KeyError):
                 self.phase.remove(policy, name)
-        for metric in (self.adaptations, self.rollbacks):
+        with contextlib.suppress(KeyError):
+            self.time_to_serve.remove(policy)
+        for metric in (self.adaptations, self.rollbacks, self.zero_shot):
             for labels in list(metric._metrics):  # prometheus-client has no public lister
                 if labels[0] == policy:
                     metric.remove(*labels)

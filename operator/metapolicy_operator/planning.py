@@ -1,8 +1,9 @@
 """What a reconcile should do, decided from stored state only (level-triggered, no counters).
 
 Inputs are what the operator can always re-read after a restart: the spec, the active
-checkpoint's node names, the eligible node names, the adaptation history in status and a
-pending manual request. The output is one plan; nothing here touches the API or the model.
+checkpoint's node names, the eligible node names, the records in the checkpoint store (never
+status, which any writer may trim or lose) and a pending manual adapt request. The output is
+one plan; nothing here touches the API or the model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from metapolicy_operator.spec import PolicySpec
 
 @dataclass(frozen=True)
 class Plan:
-    action: str  # "train" | "adapt" | "in_sync" | "wait" | "degraded"
+    action: str  # "train" | "adapt" | "in_sync" | "wait" | "degraded" | "paused"
     phase: str  # the phase to show while (or instead of) acting
     reason: str  # CamelCase reason for conditions and Events
     message: str
@@ -50,21 +51,45 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def failed_attempts(history: Sequence[Mapping], target: str) -> list[Mapping]:
-    """Trailing rolled-back attempts at this node set (a success or another set resets it)."""
+FAILURES = ("rolled_back", "aborted")
+#: Records that say nothing about whether an attempt at a node set failed: the zero-shot stage
+#: of an attempt (its fine-tune stage decides), a cancelled fine-tune, a pending decision.
+NEUTRAL = ("cancelled", "inconclusive")
+
+
+def failed_attempts(records: Sequence[Mapping], target: str) -> list[Mapping]:
+    """Trailing failed attempts at this node set (a success or another set resets it)."""
     streak: list[Mapping] = []
-    for record in reversed(history):
-        if record.get("nodeSetHash") != target or record.get("outcome") != "rolled_back":
+    for record in reversed(records):
+        neutral = record.get("trigger") == "zero-shot" or record.get("outcome") in NEUTRAL
+        if neutral and record.get("nodeSetHash") in (target, None):
+            continue
+        if record.get("nodeSetHash") != target or record.get("outcome") not in FAILURES:
             break
         streak.append(record)
     return streak
+
+
+def undecided(records: Sequence[Mapping], target: str) -> Mapping | None:
+    """The inconclusive candidate for this node set that no promote or abort has decided."""
+    decided: set[int] = set()
+    for record in reversed(records):
+        if record.get("trigger") in ("promote", "abort"):
+            decided.add(record.get("version"))
+            continue
+        if record.get("nodeSetHash") != target or record.get("trigger") == "zero-shot":
+            continue
+        if record.get("outcome") == "inconclusive" and record.get("version") not in decided:
+            return record
+        return None
+    return None
 
 
 def plan(
     spec: PolicySpec,
     active: Sequence[str] | None,
     desired: Sequence[str],
-    history: Sequence[Mapping],
+    records: Sequence[Mapping],
     request: Mapping | None = None,
     now: datetime | None = None,
 ) -> Plan:
@@ -81,6 +106,10 @@ def plan(
     if count == 0:
         phase, keeps = ("Degraded", "the active policy is kept") if active else ("Pending", "")
         return Plan("degraded", phase, "NoEligibleNodes", f"no eligible nodes; {keeps}".strip("; "))
+    if spec.paused:
+        serving = "the active version keeps serving" if active else "nothing is trained"
+        message = f"spec.paused: no training or adaptation starts; {serving}"
+        return Plan("paused", "Paused", "Paused", message)
     if active is None:
         return Plan("train", "Training", "InitialTraining", f"training on {count} nodes")
     if request is not None:
@@ -98,7 +127,18 @@ def plan(
         )
     if sorted(active) == sorted(desired):
         return Plan("in_sync", "Ready", "InSync", f"serving {count} nodes")
-    failures = failed_attempts(history, node_set_hash(desired))
+    target = node_set_hash(desired)
+    waiting = undecided(records, target)
+    if waiting is not None:
+        return Plan(
+            "wait",
+            "Paused",
+            "Inconclusive",
+            f"candidate version {waiting.get('version')} is inconclusive "
+            f"({waiting.get('reason', '')}); the previous version keeps serving until it is "
+            "promoted (metapolicy.dev/promote) or aborted (metapolicy.dev/abort)",
+        )
+    failures = failed_attempts(records, target)
     if len(failures) >= spec.max_attempts:
         return Plan(
             "wait",

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from metapolicy.adapt import AdaptationSettings
+from metapolicy.adapt import ON_INCONCLUSIVE, AdaptationSettings
 from metapolicy.policy import ARCHITECTURES
 from metapolicy.ppo import FREEZE_MODES
 from metapolicy.strategies import STRATEGIES
@@ -34,7 +34,12 @@ DEFAULTS: dict[str, Any] = {
         "maxAttempts": 3,
         "backoffSeconds": 30,
     },
-    "validation": {"episodes": 16, "minRetention": 0.9, "rollback": {"enabled": True}},
+    "validation": {
+        "episodes": 16,
+        "minRetention": 0.9,
+        "onInconclusive": "pause",
+        "rollback": {"enabled": True},
+    },
     "workload": {
         "load": 0.6,
         "burstFactor": 3.0,
@@ -91,6 +96,7 @@ class PolicySpec:
     storage_path: str | None
     keep_versions: int
     serving_mode: str = "active"  # SERVING_MODES: what `metapolicy serve` does with its pods
+    paused: bool = False  # no training or adaptation starts; serving goes on
     workload_source: WorkloadSource = WorkloadSource()
 
 
@@ -132,6 +138,13 @@ def _choice(spec: Mapping, path: str, options) -> str:
     value = _at(spec, path)
     if value not in options:
         raise InvalidSpec(f"spec.{path}={value!r} is not one of {', '.join(options)}")
+    return value
+
+
+def _flag(spec: Mapping, path: str) -> bool:
+    value = _at(spec, path)
+    if not isinstance(value, bool):
+        raise InvalidSpec(f"spec.{path}={value!r} is not true or false")
     return value
 
 
@@ -251,6 +264,7 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
             episodes=_number(spec, "validation.episodes", 2, 1_000, integer=True),
             min_retention=_number(spec, "validation.minRetention", 0, 2),
             rollback=bool(validation["rollback"]["enabled"]),
+            on_inconclusive=_choice(spec, "validation.onInconclusive", ON_INCONCLUSIVE),
             max_nodes=max_nodes,
             seed=seed,
             workload=workload,
@@ -263,4 +277,5 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
         keep_versions=_number(spec, "storage.keepVersions", 1, 100, integer=True),
         workload_source=_workload_source(spec),
         serving_mode=_choice(spec, "serving.mode", SERVING_MODES),
+        paused=_flag(spec, "paused"),
     )

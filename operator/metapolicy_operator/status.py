@@ -1,45 +1,15 @@
-"""Status patches: conditions, the adaptation record in the CRD's camelCase, bounded history."""
+"""Status building blocks: conditions and timestamps (the records come as `AdaptationRecord`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 HISTORY_LIMIT = 50  # the CRD's maxItems
-
-# AdaptationResult / job record fields -> status.lastAdaptation fields
-RECORD_FIELDS = {
-    "old_nodes": "oldNodes",
-    "new_nodes": "newNodes",
-    "added": "addedNodes",
-    "removed": "removedNodes",
-    "strategy": "strategy",
-    "adaptation_time": "adaptationTime",
-    "performance_retention": "performanceRetention",
-    "retention_interval": "retentionInterval",
-    "candidate_score": "candidateScore",
-    "backup_score": "backupScore",
-    "backup_masked_score": "backupMaskedScore",
-    "outcome": "outcome",
-    "reason": "reason",
-}
 
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def adaptation_record(record: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """Job record -> status record; None values are dropped (the schema has no nullables)."""
-    out = {RECORD_FIELDS[k]: v for k, v in record.items() if k in RECORD_FIELDS and v is not None}
-    out.update({k: v for k, v in extra.items() if v is not None})
-    return out
-
-
-def with_history(history: Sequence[Mapping] | None, record: Mapping) -> list[Mapping]:
-    """Newest last, at most HISTORY_LIMIT entries."""
-    return [*(history or []), dict(record)][-HISTORY_LIMIT:]
 
 
 def condition(
@@ -74,6 +44,7 @@ def conditions_for(
     ready: tuple[bool, str, str],
     adapting: tuple[bool, str, str],
     degraded: tuple[bool, str, str],
+    paused: tuple[bool, str, str],
     generation: int | None,
 ) -> list[dict]:
     out = list(existing or [])
@@ -81,6 +52,7 @@ def conditions_for(
         ("Ready", ready),
         ("Adapting", adapting),
         ("Degraded", degraded),
+        ("Paused", paused),
     ):
         out = condition(out, type_, status, reason, message, generation)
     return out

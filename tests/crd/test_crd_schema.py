@@ -28,6 +28,9 @@ import jsonschema
 import pytest
 import yaml
 
+from metapolicy.record import Outcome
+from metapolicy_operator.metrics import PHASES
+
 from e2e import crd_schema
 from e2e.crd_schema import (
     HAVE_CEL,
@@ -62,7 +65,12 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
         "maxAttempts": 3,
         "backoffSeconds": 30,
     },
-    "validation": {"episodes": 16, "minRetention": 0.9, "rollback": {"enabled": True}},
+    "validation": {
+        "episodes": 16,
+        "minRetention": 0.9,
+        "onInconclusive": "pause",
+        "rollback": {"enabled": True},
+    },
     "workload": {
         "load": 0.6,
         "burstFactor": 3,
@@ -94,16 +102,8 @@ ENUMS: dict[str, list[str]] = {
     "spec.workload.trace.format": ["auto", "generic", "alibaba-gpu-v2023"],
     "spec.serving.mode": ["active", "shadow", "off"],
     "spec.nodeSelector.matchExpressions[].operator": ["In", "NotIn", "Exists", "DoesNotExist"],
-    "status.phase": [
-        "Pending",
-        "Training",
-        "Ready",
-        "Adapting",
-        "RolledBack",
-        "Failed",
-        "Degraded",
-    ],
-    "status.lastAdaptation.outcome": ["promoted", "rolled_back", "failed"],
+    "status.phase": list(PHASES),
+    "status.lastAdaptation.outcome": [outcome.value for outcome in Outcome],
     "status.conditions[].status": ["True", "False", "Unknown"],
 }
 
@@ -514,6 +514,7 @@ def test_bad_spec_is_rejected_for_its_own_reason(case):
 
 RANGE = "spec.workload.taskClasses[].{}"
 SELECTOR_ITEM = "spec.nodeSelector.matchExpressions[]"
+POD_SELECTOR_ITEM = "spec.podSelector.matchExpressions[]"
 
 # (schema path, self value, expected result of every rule at that node)
 CEL_CASES: list[tuple[str, Any, bool]] = [
@@ -536,6 +537,9 @@ CEL_CASES: list[tuple[str, Any, bool]] = [
     (SELECTOR_ITEM, {"key": "zone", "operator": "NotIn"}, False),
     (SELECTOR_ITEM, {"key": "zone", "operator": "Exists", "values": ["a"]}, False),
     (SELECTOR_ITEM, {"key": "zone", "operator": "DoesNotExist", "values": ["a"]}, False),
+    # spec.podSelector shares nodeSelector's properties (and so its rule) through a YAML anchor
+    (POD_SELECTOR_ITEM, {"key": "app", "operator": "In", "values": ["x"]}, True),
+    (POD_SELECTOR_ITEM, {"key": "app", "operator": "In"}, False),
 ]
 for _range in ("cpu", "memoryMiB", "durationSeconds"):
     CEL_CASES += [

@@ -37,7 +37,7 @@ SPEC = {  # tiny budgets: e2e checks the loop, not the ML
     "hiddenSize": 16,
     "training": {"budgetSteps": 2048},
     "adaptation": {"budgetSteps": 512, "settleSeconds": 2},
-    "validation": {"episodes": 4, "minRetention": 0.5},
+    "validation": {"episodes": 4, "minRetention": 0.5, "onInconclusive": "promote"},
     "workload": {"episodeTasks": 32},
 }
 NODES = [

@@ -18,6 +18,7 @@ import contextvars
 import importlib
 import inspect
 import json
+import socket
 import sys
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -268,3 +269,21 @@ def run_operator(cluster: EmbeddedCluster) -> Callable[..., Any]:
         return running_operator(cluster, **kwargs)
 
     return run
+
+
+# ----- the operator under test: its settings and its metrics port ------------------------------
+@pytest.fixture
+def metrics_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def operator_env(cluster, monkeypatch, metrics_port):
+    """`metapolicy run`'s settings, as environment variables, for an in-process operator."""
+    monkeypatch.setenv("METAPOLICY_KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.setenv("METAPOLICY_METRICS_HOST", "127.0.0.1")
+    monkeypatch.setenv("METAPOLICY_METRICS_PORT", str(metrics_port))
+    monkeypatch.setenv("METAPOLICY_WORKERS", "1")
+    monkeypatch.setenv("METAPOLICY_RETRY_SECONDS", "1")

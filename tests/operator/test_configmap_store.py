@@ -434,3 +434,17 @@ async def test_long_policy_names_fit_the_limits(make_store, core) -> None:
     assert_same(make_checkpoint(1), await call(first.load, 1))
     assert_same(make_checkpoint(2), await call(second.load, 1))
     assert await call(second.active) is None
+
+
+async def test_records_of_pruned_versions_move_to_the_journal(make_store, core) -> None:
+    store = make_store(keep=2)
+    for seed in range(1, 4):
+        checkpoint = make_checkpoint(seed)
+        record = {"outcome": "promoted", "trigger": "nodes", "finishedAt": f"2026-01-0{seed}"}
+        await call(store.save, Checkpoint(tensors=checkpoint.tensors, meta={"record": record}))
+    names = set(await config_maps(core))
+    assert names == {"web-v000002", "web-v000003", "web-journal"}
+    history = await call(store.history)
+    assert [r["version"] for r in history] == [1, 2, 3]
+    await call(store.delete_all)
+    assert set(await config_maps(core)) == set()

@@ -4,70 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 import aiohttp
-import pytest
+import kmock
 
-MODULE = "metapolicy_operator.handlers"
-POLICIES = "/apis/metapolicy.dev/v1alpha1/namespaces/default/metapolicies"
-CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
-ANNOTATION = "metapolicy.dev/adapt-request"
-SLOW = 120  # training and adaptation run in spawned worker processes
-
-TINY_SPEC = {
-    "hiddenSize": 16,
-    "maxNodes": 8,
-    "adaptation": {"settleSeconds": 1, "budgetSteps": 512, "backoffSeconds": 1},
-    "validation": {"episodes": 4, "minRetention": 0.0},
-    "workload": {"episodeTasks": 32},
-    "training": {"budgetSteps": 2048},
-}
-
-
-def node(name: str, cpu: str = "8", memory: str = "32Gi", latency: str | None = "5", **labels):
-    annotations = {"metapolicy.dev/latency-ms": latency} if latency is not None else {}
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": labels, "annotations": annotations},
-        "spec": {},
-        "status": {
-            "allocatable": {"cpu": cpu, "memory": memory},
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
-    }
-
-
-def policy(name: str, **spec) -> dict:
-    return {
-        "apiVersion": "metapolicy.dev/v1alpha1",
-        "kind": "MetaPolicy",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": TINY_SPEC | spec,
-    }
-
-
-@pytest.fixture
-def metrics_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def operator_env(cluster, monkeypatch, metrics_port):
-    monkeypatch.setenv("METAPOLICY_KUBECONFIG", str(cluster.kubeconfig))
-    monkeypatch.setenv("METAPOLICY_METRICS_HOST", "127.0.0.1")
-    monkeypatch.setenv("METAPOLICY_METRICS_PORT", str(metrics_port))
-    monkeypatch.setenv("METAPOLICY_WORKERS", "1")
-    monkeypatch.setenv("METAPOLICY_RETRY_SECONDS", "1")
-
-
-async def phase_of(api, name: str) -> str | None:
-    body = await api.find(f"{POLICIES}/{name}")
-    return (body or {}).get("status", {}).get("phase")
+from tests.operator.policies import (
+    ANNOTATION,
+    CONFIGMAPS,
+    MODULE,
+    POLICIES,
+    SLOW,
+    events_for,
+    gone,
+    node,
+    policy,
+    ready_with,
+    scrape,
+    status_is,
+    status_when,
+    stored_node_names,
+)
 
 
 async def test_policy_trains_then_adapts_to_new_nodes(api, run_operator, wait_for, operator_env):
@@ -76,54 +33,29 @@ async def test_policy_trains_then_adapts_to_new_nodes(api, run_operator, wait_fo
     await api.create(POLICIES, policy("web"))
     async with run_operator(modules=[MODULE]):
         status = await wait_for(
-            lambda: _status_when(api, "web", lambda s: s.get("phase") == "Ready"), SLOW
+            lambda: status_when(api, "web", lambda s: s.get("phase") == "Ready"), SLOW
         )
         assert status["nodes"] == ["edge-0", "edge-1", "edge-2"]
         assert status["activeVersion"] == 1
         assert status["lastAdaptation"]["strategy"] == "initial"
 
         await api.create("/api/v1/nodes", node("edge-3", cpu="16", memory="64Gi"))
-        status = await wait_for(
-            lambda: _status_when(api, "web", lambda s: s.get("currentNodes") == 4), SLOW
+        status = await ready_with(api, wait_for, "web", 4)
+        zero, last = status["history"][1], status["lastAdaptation"]
+        # served first: the resized candidate, validated and active before any fine-tuning
+        assert zero["trigger"] == "zero-shot" and zero["outcome"] == "promoted"
+        assert zero["version"] == 2 and zero["timeToServe"] < last["adaptationTime"]
+        assert last["addedNodes"] == ["edge-3"] and last["outcome"] in (
+            "promoted",
+            "kept-zero-shot",
         )
-        last = status["lastAdaptation"]
-        assert last["addedNodes"] == ["edge-3"] and last["outcome"] == "promoted"
         assert last["strategy"] == "zero_padding"
-        assert status["activeVersion"] == 2 and status["backupVersion"] == 1
-        assert [h["trigger"] for h in status["history"]] == ["initial", "nodes"]
+        assert status["activeVersion"] == (3 if last["outcome"] == "promoted" else 2)
+        assert status["backupVersion"] == 1
+        assert [h["trigger"] for h in status["history"]] == ["initial", "zero-shot", "nodes"]
         stored = await api.get(CONFIGMAPS)
         names = {cm["metadata"]["name"] for cm in stored["items"]}
-        assert {"web-v000001", "web-v000002", "web-active"} <= names
-
-
-async def _status_when(api, name, predicate):
-    body = await api.find(f"{POLICIES}/{name}")
-    status = (body or {}).get("status") or {}
-    return status if predicate(status) else None
-
-
-def status_is(api, name, predicate):
-    return lambda: _status_when(api, name, predicate)
-
-
-async def events_for(api, name: str) -> list[dict]:
-    items = (await api.get("/api/v1/namespaces/default/events"))["items"]
-    return [e for e in items if e.get("involvedObject", {}).get("name") == name]
-
-
-async def stored_node_names(api, configmap: str) -> list[str]:
-    body = await api.get(f"{CONFIGMAPS}/{configmap}")
-    return json.loads(body["data"]["manifest.json"])["meta"]["node_names"]
-
-
-async def ready_with(api, wait_for, name: str, count: int) -> dict:
-    return await wait_for(
-        status_is(
-            api, name, lambda s: s.get("phase") == "Ready" and s.get("currentNodes") == count
-        ),
-        SLOW,
-        message=f"{name} Ready with {count} nodes",
-    )
+        assert {"web-v000001", "web-v000002", "web-v000003", "web-active"} <= names
 
 
 async def test_taint_for_removal_drops_that_middle_slot_before_deletion(
@@ -163,7 +95,7 @@ async def test_a_burst_of_changes_yields_one_adaptation(api, run_operator, wait_
             changes += 1
         assert changes == 20
         status = await ready_with(api, wait_for, "web", 8)
-        assert [h["trigger"] for h in status["history"]] == ["initial", "nodes"]
+        assert [h["trigger"] for h in status["history"]] == ["initial", "zero-shot", "nodes"]
         assert status["lastAdaptation"]["addedNodes"] == [f"edge-{i}" for i in range(3, 8)]
 
 
@@ -208,7 +140,7 @@ async def test_failing_validation_rolls_back_retries_escalating_then_gives_up(
                 c["reason"] == "AdaptationFailing" for c in s["conditions"]))),
             SLOW,
         )  # fmt: skip
-        attempts = status["history"][1:]
+        attempts = [h for h in status["history"][1:] if h["trigger"] != "zero-shot"]
         assert [a["outcome"] for a in attempts] == ["rolled_back", "rolled_back"]
         assert [a["strategy"] for a in attempts] == ["zero_padding", "weight_interpolation"]
         assert [a["attempt"] for a in attempts] == [1, 2]
@@ -221,11 +153,13 @@ async def test_failing_validation_rolls_back_retries_escalating_then_gives_up(
 
 
 async def test_invalid_spec_and_malformed_node_data_are_reported(
-    api, run_operator, wait_for, operator_env
+    api, cluster, run_operator, wait_for, operator_env
 ):
     await api.create("/api/v1/nodes", node("edge-0"))
     await api.create("/api/v1/nodes", node("edge-1", latency="fast"))
-    await api.create(POLICIES, policy("bad", maxNodes="ten"))
+    # admission refuses such a spec now; an object stored under an older schema still has it
+    resource = kmock.resource("metapolicy.dev", "v1alpha1", "metapolicies")
+    cluster.emulator.seed(resource, policy("bad", maxNodes="ten"))
     await api.create(POLICIES, policy("good"))
     async with run_operator(modules=[MODULE]):
         status = await wait_for(status_is(api, "bad", lambda s: s.get("phase") == "Failed"), SLOW)
@@ -276,25 +210,13 @@ async def test_deleting_a_policy_removes_its_stored_versions(
             "uid": policy_uid, "controller": True, "blockOwnerDeletion": True,
         }]  # fmt: skip
         await api.delete(f"{POLICIES}/web")
-        await wait_for(lambda: _gone(api, f"{POLICIES}/web"), SLOW)
+        await wait_for(lambda: gone(api, f"{POLICIES}/web"), SLOW)
         left = [
             cm["metadata"]["name"]
             for cm in (await api.get(CONFIGMAPS))["items"]
             if cm["metadata"].get("labels", {}).get("metapolicy.dev/policy") == "web"
         ]
         assert left == []
-
-
-async def scrape(port: int) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as r,
-    ):
-        return await r.text()
-
-
-async def _gone(api, path):
-    return await api.find(path) is None
 
 
 async def test_metrics_answer_while_a_policy_trains(
@@ -307,7 +229,7 @@ async def test_metrics_answer_while_a_policy_trains(
         await wait_for(status_is(api, "web", lambda s: s.get("phase") == "Training"), SLOW)
         latencies = []
         async with aiohttp.ClientSession() as session:
-            while (await _status_when(api, "web", lambda s: s.get("phase") == "Training")) and len(
+            while (await status_when(api, "web", lambda s: s.get("phase") == "Training")) and len(
                 latencies
             ) < 20:
                 start = time.perf_counter()
@@ -334,7 +256,7 @@ async def test_two_policies_with_different_selectors_adapt_independently(
         await ready_with(api, wait_for, "zone-b", 2)
         await api.create("/api/v1/nodes", node("b-2", zone="b"))
         status_b = await ready_with(api, wait_for, "zone-b", 3)
-        status_a = await _status_when(api, "zone-a", lambda s: True)
+        status_a = await status_when(api, "zone-a", lambda s: True)
         assert status_b["lastAdaptation"]["addedNodes"] == ["b-2"]
         assert len(status_a["history"]) == 1 and status_a["nodes"] == ["a-0", "a-1"]
 
@@ -365,9 +287,12 @@ async def test_manual_adapt_request_is_served_and_acknowledged(
             status_is(api, "web", lambda s: (s.get("adaptRequest") or {}).get("received") == drill),
             SLOW,
         )
+        serving = status["backupVersion"]  # what served when the drill started
         assert status["lastAdaptation"]["outcome"] == "rolled_back"
         assert status["lastAdaptation"]["drill"] is True
-        assert status["activeVersion"] == 2  # the drill's candidate (v3) never served
+        assert status["activeVersion"] == serving  # neither drill candidate ever served
+        drilled = [h for h in status["history"] if h.get("drill")]
+        assert [h["outcome"] for h in drilled] == ["rolled_back", "rolled_back"]
 
         await api.patch(f"{POLICIES}/web", {"metadata": {"annotations": {ANNOTATION: "{oops"}}})
         status = await wait_for(

@@ -1,0 +1,48 @@
+"""Process-wide shared state of the operator: API clients, the worker pool, metrics, and the
+live policy controllers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import kubernetes
+
+from metapolicy_operator import jobs
+from metapolicy_operator.config import OperatorConfig
+from metapolicy_operator.metrics import Metrics
+
+if TYPE_CHECKING:
+    from metapolicy_operator.controller import PolicyController
+
+
+@dataclass
+class Runtime:
+    config: OperatorConfig
+    api: kubernetes.client.ApiClient
+    metrics: Metrics
+    pool: ProcessPoolExecutor
+    workers: asyncio.Semaphore
+    controllers: dict[str, PolicyController] = field(default_factory=dict)
+    node_digests: dict[str, tuple] = field(default_factory=dict)
+
+    @property
+    def core(self) -> kubernetes.client.CoreV1Api:
+        return kubernetes.client.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> kubernetes.client.CustomObjectsApi:
+        return kubernetes.client.CustomObjectsApi(self.api)
+
+    async def run_job(self, fn: Callable, *args: Any) -> Any:
+        """Run in a worker process, at most `workers` at a time across policies."""
+        async with self.workers:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+            except BrokenProcessPool:
+                self.pool = jobs.make_pool(self.config.workers)  # a worker died (OOM, kill)
+                raise
