@@ -81,6 +81,18 @@ def test_nodes_keep_their_newest_version():
     assert cache.nodes == {}
 
 
+def test_only_node_changes_a_policy_reads_reset_the_policy_views():
+    cache = ClusterCache()
+    cache.apply_node("ADDED", node_info(node_object("n", version=1)))
+    generation = cache.node_generation
+    heartbeat = node_object("n", version=2)
+    heartbeat["status"]["conditions"][0]["lastHeartbeatTime"] = "2025-01-01T00:00:00Z"
+    cache.apply_node("MODIFIED", node_info(heartbeat))
+    assert cache.node_generation == generation and cache.nodes["n"].version == 2
+    cache.apply_node("MODIFIED", node_info(node_object("n", labels={"pool": "x"}, version=3)))
+    assert cache.node_generation == generation + 1
+
+
 def test_node_info_reads_max_pods_and_unreadable_resources():
     info = node_info(node_object("n", max_pods=32))
     assert info.max_pods == 32 and info.usable

@@ -18,7 +18,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -225,6 +225,8 @@ class ClusterCache:
             self.nodes.pop(node.name, None)
         else:
             self.nodes[node.name] = node
+            if current is not None and replace(current, version=node.version) == node:
+                return  # a status update that changes nothing a policy reads
         self._nodes_changed()
 
     def replace_nodes(self, nodes: Iterable[NodeInfo]) -> None:
