@@ -15,22 +15,66 @@ import yaml
 
 from metapolicy.adapt import ON_INCONCLUSIVE, AdaptationSettings, StageResult, adapt
 from metapolicy.checkpoint import policy_from_checkpoint, policy_to_checkpoint, stored_record
-from metapolicy.cluster import NodeProfile, make_cluster, resize_cluster
+from metapolicy.cluster import (
+    InvalidNodeProfile,
+    NodeProfile,
+    TooManyNodes,
+    check_node_set,
+    check_unique,
+    make_cluster,
+    resize_cluster,
+)
 from metapolicy.ppo import FREEZE_MODES
-from metapolicy.store import FilesystemStore
+from metapolicy.store import CheckpointError, FilesystemStore
 from metapolicy.strategies import ESCALATION, STRATEGIES, choose_strategy
 from metapolicy.timeline import progress, render
 from metapolicy.training import TrainingSettings, train_initial
+from metapolicy.workload import InvalidWorkload
 from metapolicy_operator import cli_evaluate
+from metapolicy_operator.cli_evaluate import BadInput
 from metapolicy_operator.main import add_arguments
 from metapolicy_operator.serving.command import add_arguments as serve_arguments
 
+#: What a user's input can get wrong: the command ends with one line on stderr and exit code 2.
+USER_ERRORS = (BadInput, InvalidNodeProfile, TooManyNodes, InvalidWorkload, CheckpointError)
+
 
 def load_nodes(args: argparse.Namespace) -> list[NodeProfile]:
-    if args.nodes_file:
-        data = yaml.safe_load(Path(args.nodes_file).read_text())
-        return [NodeProfile.from_dict(item) for item in data]
-    return make_cluster(args.nodes, seed=args.cluster_seed)
+    if not args.nodes_file:
+        return make_cluster(args.nodes, seed=args.cluster_seed)
+    path = Path(args.nodes_file)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise BadInput(f"cannot read nodes file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise BadInput(f"nodes file {path} is not YAML: {error}".splitlines()[0]) from None
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise BadInput(
+            f"nodes file {path} must be a YAML list of {{name, cpu, memory_mib, latency_ms}}, "
+            f"got {type(data).__name__}"
+        )
+    return check_unique(NodeProfile.from_dict(item) for item in data)
+
+
+def existing_store(path: str) -> FilesystemStore:
+    """A store that must exist already (adapt, inspect): a typo must not create an empty one."""
+    if not Path(path).is_dir():
+        raise BadInput(f"no checkpoint store at {path}; run `metapolicy train --store {path}`")
+    return FilesystemStore(path)
+
+
+def removed_nodes(known: list[NodeProfile], remove: list[str]) -> list[NodeProfile]:
+    names = [n.name for n in known]
+    unknown = [name for name in remove if name not in names]
+    if not unknown and len(set(remove)) >= len(names):
+        raise BadInput(f"cannot remove every node: a policy needs at least one ({len(names)})")
+    if unknown:
+        raise BadInput(
+            f"cannot remove {', '.join(unknown)}: the active policy's nodes are "
+            f"{', '.join(names)}"
+        )
+    return resize_cluster(known, -len(remove), remove=remove)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -58,17 +102,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Serve first, as the operator does: the zero-shot candidate is stored (and made active if
     it passes) before the fine-tune starts; the fine-tuned one replaces it only if better."""
-    store = FilesystemStore(args.store)
+    store = existing_store(args.store)
     loaded = store.load_active()
     if loaded is None:
-        print(f"no valid checkpoint in {args.store}; run `metapolicy train` first", file=sys.stderr)
-        return 2
+        raise BadInput(f"no valid checkpoint in {args.store}; run `metapolicy train` first")
     version, checkpoint = loaded
     backup = policy_from_checkpoint(checkpoint)
     if args.nodes_file:
         new_nodes = load_nodes(args)
     elif args.remove:
-        new_nodes = resize_cluster(backup.nodes, -len(args.remove), remove=args.remove)
+        new_nodes = removed_nodes(backup.nodes, args.remove)
     else:
         new_nodes = resize_cluster(backup.nodes, args.add, seed=args.cluster_seed)
     settings = AdaptationSettings(
@@ -82,6 +125,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         seed=args.seed,
         workload=cli_evaluate.workload_from_args(args),
     )
+    check_node_set(new_nodes, settings.max_nodes)  # before any progress line is printed
     started = time.perf_counter()
     rows, served = [], {}
 
@@ -117,7 +161,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    store = FilesystemStore(args.store)
+    store = existing_store(args.store)
     active = store.active()
     for version in store.versions():
         try:
@@ -237,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)  # small networks: one thread is ~10x faster than two
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        print(f"metapolicy {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
