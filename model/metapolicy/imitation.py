@@ -36,6 +36,9 @@ class ImitationSettings:
     epochs: int = 8
     batch: int = 256
     learning_rate: float = 1e-3
+    # Soft targets keep the student from becoming near-deterministic, which left PPO nothing
+    # to explore from (Alibaba replay, S after PPO: 1.017 with hard targets, 1.028 with 0.2).
+    label_smoothing: float = 0.2
     seed: int = 0
 
 
@@ -109,7 +112,9 @@ def imitate(
         for first in range(0, len(order), s.batch):
             pick = order[first : first + s.batch]
             logits, _ = policy(nodes_t[pick], task_t[pick], mask_t[pick])
-            loss = torch.nn.functional.cross_entropy(logits, target[pick])
+            loss = torch.nn.functional.cross_entropy(
+                logits, target[pick], label_smoothing=s.label_smoothing
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -239,8 +239,9 @@ class ConfigMapStore(CheckpointStore):
         )
 
     def save_trace(self, data: bytes) -> None:
-        """One ConfigMap, `{policy}-trace`, created or replaced by one write: the API server
-        stores the whole object or nothing, so a kill mid-write keeps the previous trace."""
+        """One ConfigMap, `{policy}-trace`, created or updated by one write (a patch replacing
+        its one key): the API server stores the whole object or nothing, so a kill mid-write
+        keeps the previous trace."""
         if len(data) > self.trace_limit:
             raise CheckpointError(
                 f"observed trace of MetaPolicy {self.policy!r} is {len(data)} bytes, over the "
@@ -270,11 +271,11 @@ class ConfigMapStore(CheckpointStore):
                 if e.status != 409:
                     raise
         self._call(
-            f"replace ConfigMap {name}",
-            self.core.replace_namespaced_config_map,
+            f"update ConfigMap {name}",
+            self.core.patch_namespaced_config_map,
             name,
             self.namespace,
-            body,
+            {"binaryData": body["binaryData"]},
         )
 
     def load_trace(self) -> bytes | None:

@@ -29,6 +29,9 @@ CALLS = {
     # handlers.py: @kopf.index and @kopf.on.event on nodes -> kopf lists, then watches.
     ("", "nodes", "list"): "kopf: handlers.nodes / node_changed",
     ("", "nodes", "watch"): "kopf: handlers.nodes / node_changed",
+    # recorder.py: @kopf.on.event on pods; each recording lists its namespaces' pods at start.
+    ("", "pods", "list"): "kopf: recorder.pod_event; recorder._list_pods",
+    ("", "pods", "watch"): "kopf: recorder.pod_event",
     # handlers.py: @kopf.daemon, @kopf.on.event, @kopf.on.delete on metapolicies.
     ("metapolicy.dev", "metapolicies", "list"): "kopf: handlers.policy_*",
     ("metapolicy.dev", "metapolicies", "watch"): "kopf: handlers.policy_*",
@@ -65,6 +68,7 @@ CLIENT_METHODS = {
     "list_namespaced_config_map": ("", "configmaps", "list"),
     "patch_namespaced_config_map": ("", "configmaps", "patch"),
     "delete_namespaced_config_map": ("", "configmaps", "delete"),
+    "list_namespaced_pod": ("", "pods", "list"),
 }
 
 
