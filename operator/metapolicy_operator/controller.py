@@ -28,9 +28,8 @@ import safetensors.torch
 from metapolicy.checkpoint import stored_record
 from metapolicy.cluster import NodeProfile
 from metapolicy.record import AdaptationRecord, Outcome, Reason
-from metapolicy.store import CheckpointError, CheckpointStore, FilesystemStore
+from metapolicy.store import CheckpointError, CheckpointStore
 from metapolicy_operator import jobs, requests
-from metapolicy_operator.configmap_store import ConfigMapStore
 from metapolicy_operator.faults import boundary
 from metapolicy_operator.inventory import SelectorError, eligible_profiles
 from metapolicy_operator.planning import Plan, attempt_settings, node_set_hash, plan, undecided
@@ -38,6 +37,13 @@ from metapolicy_operator.reporting import StatusReporter
 from metapolicy_operator.runtime import Runtime
 from metapolicy_operator.spec import InvalidSpec, PolicySpec, parse_spec
 from metapolicy_operator.status import now_iso
+from metapolicy_operator.stores import policy_store
+from metapolicy_operator.workloads import (
+    ResolvedWorkload,
+    WorkloadUnavailable,
+    resolve_workload,
+    with_workload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ class PolicyController:
         self.nodes_changed = asyncio.Event()
         self.last_change = time.monotonic()
         self.seen: tuple[Any, ...] = ()
+        self.workload: ResolvedWorkload | None = None  # what the current action learns from
         runtime.metrics.start(self.key)
 
     # ----- triggers ---------------------------------------------------------------------------
@@ -145,6 +152,14 @@ class PolicyController:
         active = loaded[1].meta["node_names"] if loaded else None
         await self.report.sync(records, loaded[0] if loaded else None, active or [], len(desired))
         self.report.gauges(loaded, desired)
+        try:
+            workload = await asyncio.to_thread(resolve_workload, spec, store)
+        except WorkloadUnavailable as error:
+            await self.report.workload_unavailable(str(error))
+            return self.runtime.config.retry_seconds
+        await self.report.workload(workload)
+        spec = with_workload(spec, workload)
+        self.workload = workload
 
         pending, malformed = requests.pending(self.report.current)
         for annotation, raw, error in malformed:
@@ -221,6 +236,7 @@ class PolicyController:
         finally:
             self.runtime.metrics.in_progress.labels(self.key).set(0)
         record = result.outcome_record.with_context(
+            **self.workload_fields(),
             trigger="initial",
             attempt=1,
             started_at=started,
@@ -257,6 +273,7 @@ class PolicyController:
         settings = attempt_settings(spec.adaptation, p)
         weights = safetensors.torch.save({k: v.contiguous() for k, v in backup.tensors.items()})
         context = dict(
+            **self.workload_fields(),
             attempt=p.attempt,
             started_at=now_iso(),
             node_set_hash=node_set_hash(names),
@@ -519,21 +536,18 @@ class PolicyController:
         await self.report.write(requests.acknowledgement(annotation, raw, f"rejected: {message}"))
 
     # ----- helpers ----------------------------------------------------------------------------
+    def workload_fields(self) -> dict[str, Any]:
+        """The record's workload fields: which source the candidate learned from, how many
+        tasks it had."""
+        if self.workload is None:
+            return {}
+        return {"workload_source": self.workload.source, "workload_tasks": self.workload.tasks}
+
     def nodes_now(self) -> list[Mapping]:
         return [body for name in list(self.nodes) for body in self.nodes.get(name, [])]
 
     def store(self, spec: PolicySpec) -> CheckpointStore:
-        return policy_store(self.runtime, self.body, spec)
-
-
-def policy_store(runtime: Runtime, body: Mapping, spec: PolicySpec) -> CheckpointStore:
-    meta = body["metadata"]
-    if spec.storage_backend == "filesystem":
-        root = Path(spec.storage_path) / meta["namespace"] / meta["name"]
-        return FilesystemStore(root, keep=spec.keep_versions)
-    return ConfigMapStore(
-        runtime.core, meta["namespace"], meta["name"], owner=body, keep=spec.keep_versions
-    )
+        return policy_store(self.runtime.core, self.body, spec)
 
 
 async def cleanup_store(runtime: Runtime, body: Mapping) -> None:
@@ -542,7 +556,7 @@ async def cleanup_store(runtime: Runtime, body: Mapping) -> None:
         spec = parse_spec(body.get("spec"))
     except InvalidSpec:
         spec = parse_spec({})
-    store = policy_store(runtime, body, spec)
+    store = policy_store(runtime.core, body, spec)
     try:
         await asyncio.to_thread(store.delete_all)
     except CheckpointError as error:

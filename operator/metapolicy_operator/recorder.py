@@ -24,16 +24,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import kopf
 import kubernetes
 
 from metapolicy.observed import ObservedTrace, PodRecord
-from metapolicy.store import CheckpointError, CheckpointStore, FilesystemStore
+from metapolicy.store import CheckpointError, CheckpointStore
 from metapolicy.trace_files import InvalidTrace
-from metapolicy_operator.configmap_store import ConfigMapStore
 from metapolicy_operator.pods import (
     TERMINAL_PHASES,
     InvalidPod,
@@ -42,7 +40,8 @@ from metapolicy_operator.pods import (
     pod_requests,
     policy_matches,
 )
-from metapolicy_operator.spec import InvalidSpec, PolicySpec, WorkloadSource, parse_spec
+from metapolicy_operator.spec import InvalidSpec, WorkloadSource, parse_spec
+from metapolicy_operator.stores import policy_store
 
 GROUP, VERSION, PLURAL = "metapolicy.dev", "v1alpha1", "metapolicies"
 RECORDER_KEY = "metapolicy-recorder"
@@ -191,17 +190,6 @@ class Recorder:
         for recording in matched:
             recording.observe(uid, record)
         return len(matched)
-
-
-def policy_store(core: kubernetes.client.CoreV1Api, body: Mapping, spec: PolicySpec):
-    """The policy's checkpoint store, as the controller builds it."""
-    meta = body["metadata"]
-    if spec.storage_backend == "filesystem":
-        root = Path(spec.storage_path) / meta["namespace"] / meta["name"]
-        return FilesystemStore(root, keep=spec.keep_versions)
-    return ConfigMapStore(
-        core, meta["namespace"], meta["name"], owner=body, keep=spec.keep_versions
-    )
 
 
 def _recorder(memo: kopf.Memo) -> Recorder:

@@ -24,6 +24,7 @@ from metapolicy_operator.metrics import Metrics
 from metapolicy_operator.planning import Plan
 from metapolicy_operator.runtime import Runtime
 from metapolicy_operator.status import HISTORY_LIMIT, condition, conditions_for, now_iso
+from metapolicy_operator.workloads import ResolvedWorkload
 
 GROUP, VERSION, PLURAL = "metapolicy.dev", "v1alpha1", "metapolicies"
 
@@ -269,6 +270,27 @@ class StatusReporter:
             )
         if any(self.status.get(k) != v for k, v in patch.items()):
             await self.write(patch)
+
+    async def workload(self, resolved: ResolvedWorkload) -> None:
+        """status.workload, and WorkloadObserved for an observed source (why not yet)."""
+        if self.status.get("workload") != resolved.status():
+            await self.write({"workload": resolved.status()})
+        condition_ = resolved.condition()
+        if condition_ is not None:
+            ok, reason, message = condition_
+            if not ok:
+                await self.event("Normal", "WorkloadNotObservedYet", message)
+            await self.set_condition("WorkloadObserved", ok, reason, message)
+
+    async def workload_unavailable(self, message: str) -> None:
+        """spec.workload names a trace that cannot be used: nothing trains, the active
+        version keeps serving."""
+        self.metrics.errors.labels("WorkloadUnavailable").inc()
+        await self.event("Warning", "WorkloadUnavailable", message)
+        await self.patch(
+            {"message": f"{message}; the active version keeps serving"},
+            degraded=(True, "WorkloadUnavailable", message),
+        )
 
     async def node_issues(self, issues: list[NodeIssue]) -> None:
         for issue in issues:

@@ -229,3 +229,32 @@ async def test_status_lost_between_writes_is_rebuilt_from_the_store(
         assert status["eligibleNodes"] == 2  # counters refreshed from the world
         assert status["activeVersion"] == trained["activeVersion"]
         assert "Recovered" in {e["reason"] for e in await events_for(api, "web")}
+
+
+async def test_the_workload_source_is_reported_and_a_missing_trace_is_a_clear_error(
+    api, run_operator, wait_for, operator_env, tmp_path
+):
+    for i in range(2):
+        await api.create("/api/v1/nodes", node(f"edge-{i}"))
+    observed = {"source": "observed", "minObservedTasks": 50, "episodeTasks": 32}
+    await api.create(POLICIES, policy("seen", workload=observed))
+    missing = {"source": "trace", "trace": {"path": str(tmp_path / "gone.csv")}}
+    await api.create(POLICIES, policy("traced", workload=missing))
+    async with run_operator(modules=[MODULE]):
+        status = await ready_with(api, wait_for, "seen", 2)
+        assert status["workload"]["requested"] == "observed"
+        assert status["workload"]["source"] == "synthetic"  # nothing recorded yet
+        assert condition(status, "WorkloadObserved")["status"] == "False"
+        assert condition(status, "WorkloadObserved")["reason"] == "NothingRecorded"
+        assert status["lastAdaptation"]["workloadSource"] == "synthetic"
+        status = await wait_for(
+            status_is(
+                api,
+                "traced",
+                lambda s: condition(s, "Degraded").get("reason") == "WorkloadUnavailable",
+            ),
+            SLOW,
+        )
+        assert "gone.csv" in condition(status, "Degraded")["message"]
+        assert "history" not in status  # nothing trained on a trace that is not there
+        assert "WorkloadUnavailable" in {e["reason"] for e in await events_for(api, "traced")}
