@@ -307,27 +307,35 @@ def fine_tune(
     return best
 
 
-def refine(
+@dataclass
+class Trained:
+    """A candidate after distillation and fine-tuning, not yet judged."""
+
+    candidate: SlotPolicy = field(repr=False)
+    seconds: float
+    timings: dict[str, float]
+    selected_steps: int | None = None
+    curve: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
+
+
+def train_candidate(
     backup: SlotPolicy,
-    start: StageResult,
+    start: AdaptationRecord,
+    new_nodes: Sequence[NodeProfile],
     settings: AdaptationSettings | None = None,
-    perturb: Callable[[SlotPolicy], None] | None = None,
     on_progress: Callable[[str, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> StageResult:
-    """(Distil,) fine-tune from the zero-shot candidate and validate on the same episodes.
-
-    The backup's returns and the references are taken from the zero-shot validation (same
-    seeds, same clusters). Raises `Cancelled` as soon as `should_stop()` says so.
-    """
+) -> Trained:
+    """(Distil,) fine-tune from the zero-shot candidate of `start`: the heavy half of the
+    second stage, which can run anywhere (a worker, a Kubernetes Job on a GPU node) since it
+    needs only the backup, the zero-shot record and the nodes. Raises `Cancelled` as soon as
+    `should_stop()` says so."""
     s = settings or AdaptationSettings()
     progress = on_progress or (lambda stage, fraction: None)
-    new_nodes = start.candidate.nodes
-    strategy = start.record.strategy
     # The zero-shot candidate again (resizing is deterministic), unsabotaged in a drill.
-    candidate = resize(backup, new_nodes, strategy)
+    candidate = resize(backup, new_nodes, start.strategy)
     laps = _Laps()
-    if strategy == "knowledge_distillation" and start.record.added:
+    if start.strategy == "knowledge_distillation" and start.added:
         progress("distill", 0.05)
         distill(
             candidate,
@@ -344,9 +352,30 @@ def refine(
         if best is not None:  # scoring the weights is reported apart from training them
             laps.timings["select"] = best.seconds
             laps.timings["fine_tune"] -= best.seconds
+    return Trained(
+        candidate,
+        laps.total,
+        laps.timings,
+        None if best is None else best.best_steps,
+        [] if best is None else best.curve,
+    )
+
+
+def judge(
+    backup: SlotPolicy,
+    start: StageResult,
+    trained: Trained,
+    settings: AdaptationSettings | None = None,
+    perturb: Callable[[SlotPolicy], None] | None = None,
+) -> StageResult:
+    """Validate the trained candidate on the zero-shot stage's paired episodes (the backup's
+    returns and the references are reused, same seeds, same clusters) and decide: the gate,
+    always where the operator runs, whoever trained the candidate."""
+    s = settings or AdaptationSettings()
+    candidate, new_nodes = trained.candidate, start.candidate.nodes
     if perturb is not None:
         perturb(candidate)
-    progress("validate", 0.8)
+    laps = _Laps()
     seeds = evaluation_seeds(s.episodes)
     v = replace(
         start.validation,
@@ -356,17 +385,35 @@ def refine(
     if start.promoted:
         decision = against_zero_shot(decision, v, start)
     laps("validate")
-    progress("done", 1.0)
     record = _record(
         backup,
         new_nodes,
-        strategy,
+        start.record.strategy,
         decision,
-        start.record.adaptation_time + laps.total,
-        start.record.timings | laps.timings,
-        selected_steps=None if best is None else best.best_steps,
+        start.record.adaptation_time + trained.seconds + laps.total,
+        start.record.timings | trained.timings | laps.timings,
+        selected_steps=trained.selected_steps,
     )
-    return StageResult(candidate, record, v, [] if best is None else best.curve)
+    return StageResult(candidate, record, v, trained.curve)
+
+
+def refine(
+    backup: SlotPolicy,
+    start: StageResult,
+    settings: AdaptationSettings | None = None,
+    perturb: Callable[[SlotPolicy], None] | None = None,
+    on_progress: Callable[[str, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> StageResult:
+    """The second stage: `train_candidate`, then `judge`."""
+    progress = on_progress or (lambda stage, fraction: None)
+    trained = train_candidate(
+        backup, start.record, start.candidate.nodes, settings, progress, should_stop
+    )
+    progress("validate", 0.8)
+    result = judge(backup, start, trained, settings, perturb)
+    progress("done", 1.0)
+    return result
 
 
 @dataclass
