@@ -197,8 +197,9 @@ class SchedulerDriver:
 
     # ----- the scheduling loop -----------------------------------------------------------
     def _run(self) -> None:
-        self.pods.synced.wait()
-        self.nodes.synced.wait()
+        while not (self.pods.synced.is_set() and self.nodes.synced.is_set()):
+            if self._stop.wait(0.05):  # kube-scheduler, too, waits for its caches
+                return
         while not self._stop.is_set():
             pod = self._next_pod()
             if pod is None:
