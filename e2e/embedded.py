@@ -71,6 +71,7 @@ DEFAULT_BUILTINS: tuple[str, ...] = (
     "v1/configmaps",
     "coordination.k8s.io/v1/leases",
     "apiextensions.k8s.io/v1/customresourcedefinitions",
+    "batch/v1/jobs",  # training Jobs (spec.training.backend: job), run by e2e/joblet.py
 )
 
 #: Namespaces that exist in every real cluster; kopf serves only existing namespaces.

@@ -22,6 +22,7 @@ class Outcome(StrEnum):
     INCONCLUSIVE = "inconclusive"  # neither clearly above nor below minRetention: a human decides
     ABORTED = "aborted"  # an inconclusive candidate discarded by a user
     CANCELLED = "cancelled"  # a background fine-tune stopped by a newer node change
+    FAILED = "failed"  # the training could not run (a training Job failed or was deleted)
 
     @property
     def serving(self) -> bool:
@@ -44,6 +45,7 @@ class Reason(StrEnum):
     MANUAL_ABORT = "manual_abort"
     ROLLBACK_TO = "rollback_to"  # a stored version made active again by a user
     SUPERSEDED = "superseded"  # a newer node change cancelled the work
+    TRAINING_JOB_FAILED = "training_job_failed"
 
 
 # Rollback reasons, the label values of metapolicy_rollbacks_total.

@@ -32,6 +32,7 @@ from metapolicy.training import TrainingSettings, train_initial
 from metapolicy.workload import InvalidWorkload
 from metapolicy_operator import cli_evaluate
 from metapolicy_operator.cli_evaluate import BadInput
+from metapolicy_operator.job_command import add_arguments as job_arguments
 from metapolicy_operator.main import add_arguments
 from metapolicy_operator.serving.command import add_arguments as serve_arguments
 
@@ -71,8 +72,7 @@ def removed_nodes(known: list[NodeProfile], remove: list[str]) -> list[NodeProfi
         raise BadInput(f"cannot remove every node: a policy needs at least one ({len(names)})")
     if unknown:
         raise BadInput(
-            f"cannot remove {', '.join(unknown)}: the active policy's nodes are "
-            f"{', '.join(names)}"
+            f"cannot remove {', '.join(unknown)}: the active policy's nodes are {', '.join(names)}"
         )
     return resize_cluster(known, -len(remove), remove=remove)
 
@@ -212,6 +212,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_job(args: argparse.Namespace) -> int:
+    from metapolicy_operator.job_command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metapolicy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -271,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the Kubernetes operator")
     add_arguments(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("job", help="the work of a training Job (the operator creates these)")
+    job_arguments(p)
+    p.set_defaults(func=cmd_job)
 
     p = sub.add_parser("serve", help="run the placement server (kube-scheduler extender)")
     serve_arguments(p)

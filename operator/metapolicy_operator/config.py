@@ -14,6 +14,7 @@ class OperatorConfig:
     metrics_port: int = 8080  # 0 picks a free port (tests)
     workers: int = 2  # trainings/adaptations running at once, across all policies
     retry_seconds: float = 30.0  # after an unexpected error
+    job_image: str | None = None  # image of training Jobs when the spec names none
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -24,4 +25,5 @@ class OperatorConfig:
             metrics_port=int(env.get("METAPOLICY_METRICS_PORT", cls.metrics_port)),
             workers=int(env.get("METAPOLICY_WORKERS", cls.workers)),
             retry_seconds=float(env.get("METAPOLICY_RETRY_SECONDS", cls.retry_seconds)),
+            job_image=env.get("METAPOLICY_JOB_IMAGE") or None,
         )

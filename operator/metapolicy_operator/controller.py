@@ -38,6 +38,7 @@ from metapolicy_operator.runtime import Runtime
 from metapolicy_operator.spec import InvalidSpec, PolicySpec, parse_spec
 from metapolicy_operator.status import now_iso
 from metapolicy_operator.stores import policy_store
+from metapolicy_operator.training_jobs import JobRunner, TrainingJobFailed
 from metapolicy_operator.workloads import (
     ResolvedWorkload,
     WorkloadUnavailable,
@@ -230,9 +231,18 @@ class PolicyController:
         started, clock = now_iso(), time.monotonic()
         await self.report.begin(p, f"initial training on {len(profiles)} nodes")
         try:
-            result = await self.runtime.run_job(
-                jobs.train_job, [n.to_dict() for n in profiles], spec.training
-            )
+            if spec.training_backend == "job":
+                payload = {"policy": self.body.meta.name, "nodes": [n.to_dict() for n in profiles]}
+                output = await self.job_runner(spec).run("train", payload)
+                result = jobs.JobResult(output.weights, output.meta, output.result["record"])
+            else:
+                result = await self.runtime.run_job(
+                    jobs.train_job, [n.to_dict() for n in profiles], spec.training
+                )
+        except TrainingJobFailed as error:
+            where = {"attempt": p.attempt, "node_set_hash": node_set_hash(names)}
+            await self.job_failed(store, error, "initial", where, None, [])
+            return
         finally:
             self.runtime.metrics.in_progress.labels(self.key).set(0)
         record = result.outcome_record.with_context(
@@ -320,12 +330,27 @@ class PolicyController:
             cancel_dir = tempfile.mkdtemp(prefix="metapolicy-cancel-")
             try:
                 cancel = jobs.Cancellation(str(Path(cancel_dir) / "cancel"))
-                final = await self.run_cancellable(
-                    spec, names, cancel, jobs.refine_job, weights, backup.meta, first, settings,
-                    p.drill, cancel,
-                )  # fmt: skip
+                if spec.training_backend == "job":
+                    payload = {
+                        "policy": self.body.meta.name,
+                        "nodes": [n.to_dict() for n in profiles],
+                        "backupVersion": backup_version,
+                        "zeroShotVersion": zero_version,
+                        "strategy": settings.strategy,
+                        "seed": settings.seed,
+                    }
+                    work = self.fine_tune_in_job(spec, payload, cancel, weights, backup, first, p)
+                else:
+                    work = self.runtime.run_job(
+                        jobs.refine_job, weights, backup.meta, first, settings, p.drill, cancel
+                    )
+                final = await self.run_cancellable(spec, names, cancel, work)
             finally:
                 shutil.rmtree(cancel_dir, ignore_errors=True)
+        except TrainingJobFailed as error:
+            where = context | {"strategy": p.strategy}
+            await self.job_failed(store, error, p.trigger, where, active_version, active_names)
+            return
         finally:
             self.runtime.metrics.in_progress.labels(self.key).set(0)
         if final is None:
@@ -366,10 +391,43 @@ class PolicyController:
             boundary("after-activate", stage)
         return version
 
-    async def run_cancellable(self, spec: PolicySpec, target: Sequence[str], cancel, fn, *args):
-        """Run a job; if the eligible node set moves away from `target` meanwhile, ask the job
-        to stop (it returns None) so the next adaptation starts from what serves now."""
-        job = asyncio.ensure_future(self.runtime.run_job(fn, *args))
+    async def fine_tune_in_job(self, spec, payload, cancel, weights, backup, first, p: Plan):
+        """Fine-tune in a training Job, then validate and decide here, in a worker."""
+        output = await self.job_runner(spec).run("fine-tune", payload, cancel)
+        if output is None:
+            return None
+        settings = attempt_settings(spec.adaptation, p)
+        return await self.runtime.run_job(
+            jobs.judge_job, weights, backup.meta, first, output.weights, output.meta,
+            output.result, settings, p.drill,
+        )  # fmt: skip
+
+    def job_runner(self, spec: PolicySpec) -> JobRunner:
+        return JobRunner(
+            self.runtime.api, self.report.current, spec.training_job, self.runtime.config.job_image
+        )
+
+    async def job_failed(self, store, error, trigger, context, active_version, active_names):
+        """A training Job that failed, ran past its deadline or was deleted: recorded (it
+        counts as a failed attempt, retried after the backoff), nothing else changes."""
+        record = AdaptationRecord(
+            outcome=Outcome.FAILED,
+            reason=f"{error}; the serving version is unchanged and the attempt is retried",
+            reason_codes=(Reason.TRAINING_JOB_FAILED,),
+            strategy=context.get("strategy", "initial"),
+            trigger=trigger,
+            finished_at=now_iso(),
+            **{k: v for k, v in context.items() if k != "strategy"},
+        )
+        await asyncio.to_thread(store.append_record, record.to_json())
+        await self.report.recorded(record, active_version=active_version, active_names=active_names)
+        await self.report.announce(record, "training Job")
+
+    async def run_cancellable(self, spec: PolicySpec, target: Sequence[str], cancel, work):
+        """Await `work` (a worker job or a training Job); if the eligible node set moves away
+        from `target` meanwhile, ask it to stop (it returns None) so the next adaptation
+        starts from what serves now."""
+        job = asyncio.ensure_future(work)
         try:
             while not job.done():
                 self.nodes_changed.clear()

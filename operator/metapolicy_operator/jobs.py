@@ -21,7 +21,9 @@ from metapolicy.adapt import (
     AdaptationSettings,
     Cancelled,
     StageResult,
+    Trained,
     Validation,
+    judge,
     refine,
     rollback_drill,
     zero_shot,
@@ -118,6 +120,29 @@ def refine_job(
         )
     except Cancelled:
         return None
+    return _pack(stage.candidate, stage.record)
+
+
+def judge_job(
+    backup_weights: bytes,
+    backup_meta: dict,
+    start: JobResult,
+    trained_weights: bytes,
+    trained_meta: dict,
+    trained: dict,
+    settings: AdaptationSettings,
+    drill: bool = False,
+) -> JobResult:
+    """Validate and decide on a candidate fine-tuned elsewhere (a training Job)."""
+    backup = _policy(backup_weights, backup_meta)
+    first = StageResult(_policy(start.weights, start.meta), start.outcome_record, start.validation)
+    done = Trained(
+        _policy(trained_weights, trained_meta),
+        float(trained["seconds"]),
+        dict(trained.get("timings") or {}),
+        trained.get("selectedSteps"),
+    )
+    stage = judge(backup, first, done, settings, perturb=rollback_drill if drill else None)
     return _pack(stage.candidate, stage.record)
 
 

@@ -51,7 +51,8 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-FAILURES = ("rolled_back", "aborted")
+FAILURES = ("rolled_back", "aborted", "failed")
+UNTIL_CHANGED = " until the node set or the spec changes"
 #: Records that say nothing about whether an attempt at a node set failed: the zero-shot stage
 #: of an attempt (its fine-tune stage decides), a cancelled fine-tune, a pending decision.
 NEUTRAL = ("cancelled", "inconclusive")
@@ -85,6 +86,36 @@ def undecided(records: Sequence[Mapping], target: str) -> Mapping | None:
     return None
 
 
+def _backing_off(
+    spec: PolicySpec,
+    records: Sequence[Mapping],
+    desired: Sequence[str],
+    now: datetime,
+    training: bool = False,
+) -> Plan | None:
+    """A wait while the last attempts at this node set failed: all of maxAttempts, or the
+    last one less than backoffSeconds ago."""
+    failures = failed_attempts(records, node_set_hash(desired))
+    if not failures:
+        return None
+    if len(failures) >= spec.max_attempts:
+        if training:
+            message = f"{len(failures)} training attempts failed; nothing serves"
+            return Plan("wait", "Failed", "TrainingFailing", message + UNTIL_CHANGED)
+        message = (
+            f"{len(failures)} attempts at this node set were rolled back; the previous policy "
+            "keeps serving in masked mode"
+        )
+        return Plan("wait", "RolledBack", "AdaptationFailing", message + UNTIL_CHANGED)
+    due = _parse_time(failures[0].get("finishedAt"))
+    wait = spec.backoff_seconds - ((now - due).total_seconds() if due else spec.backoff_seconds)
+    if wait <= 0:
+        return None
+    how = "" if training else " with a stronger strategy"
+    phase = "Pending" if training else "RolledBack"
+    return Plan("wait", phase, "BackingOff", f"retrying in {wait:.0f}s{how}", retry_in=wait)
+
+
 def plan(
     spec: PolicySpec,
     active: Sequence[str] | None,
@@ -111,6 +142,9 @@ def plan(
         message = f"spec.paused: no training or adaptation starts; {serving}"
         return Plan("paused", "Paused", "Paused", message)
     if active is None:
+        waiting = _backing_off(spec, records, desired, now, training=True)
+        if waiting is not None:
+            return waiting
         return Plan("train", "Training", "InitialTraining", f"training on {count} nodes")
     if request is not None:
         strategy = request.get("strategy") or "auto"
@@ -138,26 +172,11 @@ def plan(
             f"({waiting.get('reason', '')}); the previous version keeps serving until it is "
             "promoted (metapolicy.dev/promote) or aborted (metapolicy.dev/abort)",
         )
+    waiting = _backing_off(spec, records, desired, now)
+    if waiting is not None:
+        return waiting
     failures = failed_attempts(records, target)
-    if len(failures) >= spec.max_attempts:
-        return Plan(
-            "wait",
-            "RolledBack",
-            "AdaptationFailing",
-            f"{len(failures)} attempts at this node set were rolled back; the previous policy "
-            "keeps serving in masked mode until the node set or the spec changes",
-        )
     if failures:
-        due = _parse_time(failures[0].get("finishedAt"))
-        wait = spec.backoff_seconds - ((now - due).total_seconds() if due else spec.backoff_seconds)
-        if wait > 0:
-            return Plan(
-                "wait",
-                "RolledBack",
-                "BackingOff",
-                f"retrying in {wait:.0f}s with a stronger strategy",
-                retry_in=wait,
-            )
         strategy = escalate(failures[0].get("strategy") or "zero_padding")
         return Plan(
             "adapt",

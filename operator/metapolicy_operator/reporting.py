@@ -38,6 +38,7 @@ OUTCOME_REPORT = {
     Outcome.INCONCLUSIVE: ("Paused", "Warning", "Inconclusive"),
     Outcome.ABORTED: ("RolledBack", "Normal", "Aborted"),
     Outcome.CANCELLED: ("Adapting", "Normal", "Cancelled"),
+    Outcome.FAILED: ("Degraded", "Warning", "TrainingJobFailed"),
 }
 
 
@@ -158,7 +159,7 @@ class StatusReporter:
         if backup_version is not None:
             patch["backupVersion"] = backup_version
         self.count(record)
-        failed = record.outcome in (Outcome.ROLLED_BACK, Outcome.ABORTED)
+        failed = record.outcome in (Outcome.ROLLED_BACK, Outcome.ABORTED, Outcome.FAILED)
         serving = f"version {active_version} serves {len(active_names)} nodes"
         if still_working is None:
             self.metrics.in_progress.labels(self.key).set(0)

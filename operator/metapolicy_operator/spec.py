@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from metapolicy.adapt import ON_INCONCLUSIVE, AdaptationSettings
@@ -50,7 +50,8 @@ DEFAULTS: dict[str, Any] = {
         "minObservedTasks": 1000,
         "recording": {"maxTasks": 50_000, "maxAgeSeconds": 604_800, "flushSeconds": 30},
     },
-    "training": {"seed": 0},  # budgetSteps: by architecture (metapolicy.training.DEFAULT_STEPS)
+    # budgetSteps: by architecture (metapolicy.training.DEFAULT_STEPS)
+    "training": {"seed": 0, "backend": "inProcess"},
     "storage": {"backend": "configmap", "keepVersions": 5},
     "serving": {"mode": "active"},
 }
@@ -80,6 +81,21 @@ class WorkloadSource:
     flush_seconds: float = 30.0
 
 
+TRAINING_BACKENDS = ("inProcess", "job")
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """spec.training.job: the Kubernetes Job that trains when spec.training.backend is job."""
+
+    image: str | None = None  # None: the operator's METAPOLICY_JOB_IMAGE
+    service_account: str = "metapolicy-trainer"
+    deadline_seconds: int = 3600
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     selector: Mapping | None
@@ -98,6 +114,8 @@ class PolicySpec:
     serving_mode: str = "active"  # SERVING_MODES: what `metapolicy serve` does with its pods
     paused: bool = False  # no training or adaptation starts; serving goes on
     workload_source: WorkloadSource = WorkloadSource()
+    training_backend: str = "inProcess"
+    training_job: TrainingJob = TrainingJob()
 
 
 def with_defaults(spec: Mapping | None, defaults: Mapping = DEFAULTS) -> dict:
@@ -278,4 +296,27 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
         workload_source=_workload_source(spec),
         serving_mode=_choice(spec, "serving.mode", SERVING_MODES),
         paused=_flag(spec, "paused"),
+        training_backend=_choice(spec, "training.backend", TRAINING_BACKENDS),
+        training_job=_training_job(spec["training"].get("job") or {}),
+    )
+
+
+def _training_job(job: Mapping) -> TrainingJob:
+    if not isinstance(job, Mapping):
+        raise InvalidSpec(f"spec.training.job must be an object, got {job!r}")
+    deadline = job.get("deadlineSeconds", TrainingJob.deadline_seconds)
+    if isinstance(deadline, bool) or not isinstance(deadline, int) or not 60 <= deadline <= 604_800:
+        raise InvalidSpec(f"spec.training.job.deadlineSeconds={deadline!r} is outside [60, 604800]")
+    for key in ("resources", "nodeSelector"):
+        if not isinstance(job.get(key) or {}, Mapping):
+            raise InvalidSpec(f"spec.training.job.{key} must be an object")
+    if not isinstance(job.get("tolerations") or [], list):
+        raise InvalidSpec("spec.training.job.tolerations must be a list")
+    return TrainingJob(
+        image=job.get("image") or None,
+        service_account=job.get("serviceAccountName") or TrainingJob.service_account,
+        deadline_seconds=deadline,
+        resources=dict(job.get("resources") or {}),
+        node_selector=dict(job.get("nodeSelector") or {}),
+        tolerations=tuple(job.get("tolerations") or ()),
     )

@@ -81,7 +81,7 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
         "minObservedTasks": 1000,
         "recording": {"maxTasks": 50000, "maxAgeSeconds": 604800, "flushSeconds": 30},
     },
-    "training": {"seed": 0},  # budgetSteps depends on the architecture
+    "training": {"seed": 0, "backend": "inProcess"},  # budgetSteps: by architecture
     "storage": {"backend": "configmap", "keepVersions": 5},
     "serving": {"mode": "active"},
 }

@@ -46,6 +46,10 @@ CALLS = {
     ("", "configmaps", "list"): "ConfigMapStore._list",
     ("", "configmaps", "patch"): "ConfigMapStore.set_active",
     ("", "configmaps", "delete"): "ConfigMapStore._delete (pruning, delete_all)",
+    # training_jobs.JobRunner (spec.training.backend: job): create, poll, delete the Job.
+    ("batch", "jobs", "create"): "JobRunner.run",
+    ("batch", "jobs", "get"): "JobRunner._wait",
+    ("batch", "jobs", "delete"): "JobRunner.run (cleanup, cancellation)",
     # kopf's discovery (kopf/_core/reactor/observation.py).
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"): "kopf: resource_observer",
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"): "kopf: resource_observer",
@@ -68,6 +72,9 @@ CLIENT_METHODS = {
     "list_namespaced_config_map": ("", "configmaps", "list"),
     "patch_namespaced_config_map": ("", "configmaps", "patch"),
     "delete_namespaced_config_map": ("", "configmaps", "delete"),
+    "create_namespaced_job": ("batch", "jobs", "create"),
+    "read_namespaced_job": ("batch", "jobs", "get"),
+    "delete_namespaced_job": ("batch", "jobs", "delete"),
     "list_namespaced_pod": ("", "pods", "list"),
 }
 
@@ -237,3 +244,29 @@ def test_bindings_name_the_deployments_service_account(
         (subject,) = binding["subjects"]
         assert subject["kind"] == "ServiceAccount" and subject["namespace"] == NAMESPACE
         assert subject["name"] in names
+
+
+# A training Job's pod (job_command.py, through stores.py and workloads.py).
+TRAINER_CALLS = {
+    ("metapolicy.dev", "metapolicies", "get"): "job_command.work: the MetaPolicy's spec",
+    ("", "configmaps", "get"): "ConfigMapStore.load / manifest / load_trace, the input",
+    ("", "configmaps", "create"): "job_command.work: the result ConfigMap",
+}
+
+
+def test_the_trainer_role_grants_what_a_training_job_calls(by_kind):
+    called = _called([OPERATOR_SOURCE / "job_command.py"]) & _api_methods()
+    assert called == {
+        "get_namespaced_custom_object",
+        "read_namespaced_config_map",
+        "create_namespaced_config_map",
+    }, "job_command.py calls changed: update TRAINER_CALLS and the metapolicy-trainer role"
+    (role,) = [r for r in by_kind("ClusterRole") if r["metadata"]["name"] == "metapolicy-trainer"]
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == TRAINER_CALLS.keys()
