@@ -146,6 +146,7 @@ class PolicyController:
             await self.invalid_spec(error)
             return None
         await self.report.node_issues(issues)
+        await self.report.pod_sharing(self.runtime.recorder.sharing(self.key))
         store = self.store(spec)
         desired = [p.name for p in profiles]
         records = await asyncio.to_thread(store.history)

@@ -80,6 +80,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_: A
     port = server.addresses[0][1] if server.addresses else config.metrics_port
     logger.info("metrics on http://%s:%s/metrics", config.metrics_host, port)
     memo[RUNTIME_KEY] = runtime
+    memo[recorder.RECORDER_KEY] = runtime.recorder  # one recorder: it also tells shared pods
     memo["metapolicy-server"] = server
     memo["metapolicy-metrics-port"] = port
 

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,10 +168,33 @@ class Recording:
 
 
 class Recorder:
-    """All recordings of this operator process, by policy key."""
+    """All recordings of this operator process, by policy key, and the pods that more than one
+    policy selects (the server gives those neutral scores: a pod is placed by one policy or by
+    none, never by a guess)."""
 
     def __init__(self) -> None:
         self.recordings: dict[str, Recording] = {}
+        self.shared: dict[str, tuple[str, ...]] = {}  # pod uid -> the policies selecting it
+        self.on_shared_change: Callable[[set[str]], None] | None = None
+
+    def sharing(self, key: str) -> dict[str, int]:
+        """The other policies that select pods `key` selects, with how many such pods."""
+        others: dict[str, int] = {}
+        for keys in self.shared.values():
+            if key in keys:
+                for other in keys:
+                    if other != key:
+                        others[other] = others.get(other, 0) + 1
+        return others
+
+    def _track_sharing(self, uid: str, keys: tuple[str, ...]) -> None:
+        before = self.shared.get(uid, ())
+        if len(keys) > 1:
+            self.shared[uid] = keys
+        else:
+            self.shared.pop(uid, None)
+        if before != self.shared.get(uid, ()) and self.on_shared_change is not None:
+            self.on_shared_change(set(before) | set(keys))
 
     def observe(self, pod: Mapping, deleted: bool, now: float | None = None) -> int:
         """Record a pod for every policy that places it; returns how many do."""
@@ -180,6 +203,7 @@ class Recorder:
             return 0
         now = time.time() if now is None else now
         matched = [r for r in list(self.recordings.values()) if r.matches(pod)]
+        self._track_sharing(uid, () if deleted else tuple(sorted(r.key for r in matched)))
         if not matched:
             return 0
         try:

@@ -293,6 +293,20 @@ class StatusReporter:
             degraded=(True, "WorkloadUnavailable", message),
         )
 
+    async def pod_sharing(self, others: Mapping[str, int]) -> None:
+        """Condition PodSelector: False while pods this policy selects are selected by another
+        MetaPolicy too; the placement server gives those pods neutral scores."""
+        if not others:
+            await self.set_condition("PodSelector", True, "Exclusive", "no pod is selected twice")
+            return
+        shared = ", ".join(f"{count} with {key}" for key, count in sorted(others.items()))
+        message = (
+            f"pods selected by this and another MetaPolicy ({shared}) get neutral scores "
+            "until one podSelector or namespaces list no longer selects them"
+        )
+        await self.event("Warning", "PodsSelectedTwice", message)
+        await self.set_condition("PodSelector", False, "SharedPods", message)
+
     async def node_issues(self, issues: list[NodeIssue]) -> None:
         for issue in issues:
             await self.event("Warning", "MalformedNodeData", issue.message)

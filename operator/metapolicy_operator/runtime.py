@@ -15,6 +15,7 @@ import kubernetes
 from metapolicy_operator import jobs
 from metapolicy_operator.config import OperatorConfig
 from metapolicy_operator.metrics import Metrics
+from metapolicy_operator.recorder import Recorder
 
 if TYPE_CHECKING:
     from metapolicy_operator.controller import PolicyController
@@ -27,6 +28,7 @@ class Runtime:
     metrics: Metrics
     pool: ProcessPoolExecutor
     workers: asyncio.Semaphore
+    recorder: Recorder = field(default_factory=Recorder)
     controllers: dict[str, PolicyController] = field(default_factory=dict)
     node_digests: dict[str, tuple] = field(default_factory=dict)
 
@@ -37,6 +39,15 @@ class Runtime:
     @property
     def custom(self) -> kubernetes.client.CustomObjectsApi:
         return kubernetes.client.CustomObjectsApi(self.api)
+
+    def __post_init__(self) -> None:
+        self.recorder.on_shared_change = self.wake_policies
+
+    def wake_policies(self, keys: set[str]) -> None:
+        """Pods shared by these policies changed: let each reconcile and report it."""
+        for key in keys:
+            if (controller := self.controllers.get(key)) is not None:
+                controller.wake.set()
 
     async def run_job(self, fn: Callable, *args: Any) -> Any:
         """Run in a worker process, at most `workers` at a time across policies."""

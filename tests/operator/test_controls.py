@@ -258,3 +258,34 @@ async def test_the_workload_source_is_reported_and_a_missing_trace_is_a_clear_er
         assert "gone.csv" in condition(status, "Degraded")["message"]
         assert "history" not in status  # nothing trained on a trace that is not there
         assert "WorkloadUnavailable" in {e["reason"] for e in await events_for(api, "traced")}
+
+
+async def test_a_pod_two_policies_select_is_a_condition_on_both(
+    api, run_operator, wait_for, operator_env
+):
+    await api.create("/api/v1/nodes", node("edge-0"))
+    await api.create(POLICIES, policy("left", podSelector={"matchLabels": {"team": "ml"}}))
+    await api.create(POLICIES, policy("right", podSelector={}))  # every pod of the namespace
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "default", "labels": {"team": "ml"}},
+        "spec": {"containers": [{"name": "c", "image": "x",
+                                 "resources": {"requests": {"cpu": "1"}}}]},
+    }  # fmt: skip
+    async with run_operator(modules=[MODULE]):
+        await ready_with(api, wait_for, "left", 1)
+        await api.create("/api/v1/namespaces/default/pods", pod)
+        for name, other in (("left", "default/right"), ("right", "default/left")):
+            status = await wait_for(
+                status_is(
+                    api, name, lambda s: condition(s, "PodSelector").get("status") == "False"
+                ),
+                SLOW,
+            )
+            assert f"1 with {other}" in condition(status, "PodSelector")["message"]
+        await api.delete("/api/v1/namespaces/default/pods/p")
+        await wait_for(
+            status_is(api, "left", lambda s: condition(s, "PodSelector").get("status") == "True"),
+            SLOW,
+        )

@@ -197,3 +197,26 @@ def test_pod_record_reads_the_times_a_scheduler_leaves():
     assert unbound.scheduled is None and unbound.ended is None
     deleted_pending = pod_record({"metadata": base["metadata"], "spec": pod("x")["spec"]}, True, 1)
     assert deleted_pending.ended is None  # it never ran: no run time to record
+
+
+def test_pods_selected_by_two_policies_are_tracked_until_they_are_not():
+    from metapolicy.store import FilesystemStore
+    from metapolicy_operator.recorder import Recording
+    from metapolicy_operator.spec import WorkloadSource
+
+    changed: list[set[str]] = []
+    rec = Recorder()
+    rec.on_shared_change = changed.append
+    for key, labels in (("ns/a", {"app": "x"}), ("ns/b", {})):
+        rec.recordings[key] = Recording(
+            key, "default", {"matchLabels": labels}, ("default",), WorkloadSource(),
+            FilesystemStore(f"/tmp/metapolicy-test-recorder-{key.replace('/', '-')}"),
+        )  # fmt: skip
+    one, two = pod("p1", app="x"), pod("p2", app="y")
+    one["metadata"]["uid"], two["metadata"]["uid"] = "u1", "u2"
+    rec.observe(one, deleted=False, now=1.0)
+    rec.observe(two, deleted=False, now=1.0)
+    assert rec.sharing("ns/a") == {"ns/b": 1} and rec.sharing("ns/b") == {"ns/a": 1}
+    assert changed == [{"ns/a", "ns/b"}]
+    rec.observe(one, deleted=True, now=2.0)
+    assert rec.sharing("ns/a") == {} and changed[-1] == {"ns/a", "ns/b"}
