@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from metapolicy.checkpoint import policy_to_checkpoint
 from metapolicy.cluster import NodeProfile
 from metapolicy.policy import SlotPolicy, make_policy
+from metapolicy.record import AdaptationRecord, Outcome
 from metapolicy.store import FilesystemStore
 from metapolicy_operator.serving.cache import ClusterCache, node_info, pod_info
 from metapolicy_operator.serving.metrics import ServeMetrics
@@ -33,6 +34,11 @@ from metapolicy_operator.serving.shadow import ShadowLog
 TIMEOUT = 10.0
 PLACED = {"app": "placed"}
 _uids = itertools.count(1)
+
+
+def made_by_operator(outcome: Outcome = Outcome.PROMOTED) -> AdaptationRecord:
+    """The record the operator stores with every version (the server refuses one without)."""
+    return AdaptationRecord(outcome=outcome, reason="test", trigger="initial")
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
@@ -222,7 +228,7 @@ class Harness:
 
     def promote(self, name: str, policy: SlotPolicy, namespace: str = "default") -> int:
         store = self.store(name, namespace)
-        version = store.save(policy_to_checkpoint(policy, strategy="initial"))
+        version = store.save(policy_to_checkpoint(policy, record=made_by_operator()))
         store.set_active(version)
         return version
 

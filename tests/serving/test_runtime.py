@@ -12,6 +12,7 @@ import pytest
 
 from e2e.embedded import embedded_cluster
 from metapolicy.checkpoint import policy_to_checkpoint
+from metapolicy.record import AdaptationRecord, Outcome
 from metapolicy_operator.configmap_store import ConfigMapStore
 from metapolicy_operator.serving.command import ServeOptions, ServingRuntime
 from tests.serving.conftest import node_object, pod_object, untrained, wait_for
@@ -23,6 +24,8 @@ NODES = [
     node_object("b", latency_ms=2),
     node_object("c", latency_ms=15),
 ]
+
+RECORD = AdaptationRecord(outcome=Outcome.PROMOTED, reason="test", trigger="initial")
 
 
 def metapolicy(mode: str = "active") -> dict:
@@ -94,7 +97,7 @@ async def test_the_server_follows_the_cluster_and_swaps_versions(cluster):
             # The operator promotes a version: the server serves it.
             store = ConfigMapStore(core, "default", "p")
             first = await asyncio.to_thread(
-                store.save, policy_to_checkpoint(untrained("node-set", NODES))
+                store.save, policy_to_checkpoint(untrained("node-set", NODES), record=RECORD)
             )
             await asyncio.to_thread(store.set_active, first)
 
@@ -126,10 +129,11 @@ async def test_the_server_follows_the_cluster_and_swaps_versions(cluster):
                     seen.append(int(headers["X-Metapolicy-Version"]))
 
             load = asyncio.create_task(scheduler())
-            candidate = policy_to_checkpoint(untrained("node-set", NODES, seed=1))
+            candidate = policy_to_checkpoint(untrained("node-set", NODES, seed=1), record=RECORD)
             rolled_back = await asyncio.to_thread(store.save, candidate)
             second = await asyncio.to_thread(
-                store.save, policy_to_checkpoint(untrained("node-set", NODES, seed=2))
+                store.save,
+                policy_to_checkpoint(untrained("node-set", NODES, seed=2), record=RECORD),
             )
             await asyncio.to_thread(store.set_active, second)
             await wait_for(lambda: seen and seen[-1] == second, what="the promotion serves")

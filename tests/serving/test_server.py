@@ -6,11 +6,12 @@ import copy
 import numpy as np
 import pytest
 
+from metapolicy.record import Outcome
 from metapolicy.store import WEIGHTS_FILE
 from metapolicy_operator.serving import placer as placer_module
 from metapolicy_operator.serving.metrics import FALLBACK_REASONS
 from metapolicy_operator.serving.scores import RUNNER_UP, heuristic_scores
-from tests.serving.conftest import node_object, pod_object, untrained, wait_for
+from tests.serving.conftest import made_by_operator, node_object, pod_object, untrained, wait_for
 
 NODES = [
     node_object("a", latency_ms=15),
@@ -294,8 +295,13 @@ async def test_a_promotion_is_served_and_a_rolled_back_candidate_never(harness):
     store = harness.store("p")
     from metapolicy.checkpoint import policy_to_checkpoint
 
-    rolled_back = store.save(policy_to_checkpoint(untrained("node-set", NODES, seed=1)))
-    promoted = store.save(policy_to_checkpoint(untrained("node-set", NODES, seed=2)))
+    rejected = made_by_operator(Outcome.ROLLED_BACK)
+    rolled_back = store.save(
+        policy_to_checkpoint(untrained("node-set", NODES, seed=1), record=rejected)
+    )
+    promoted = store.save(
+        policy_to_checkpoint(untrained("node-set", NODES, seed=2), record=made_by_operator())
+    )
     store.set_active(promoted)
     await wait_for(lambda: seen and seen[-1] == promoted, what="the promoted version serves")
     stop.set()
@@ -328,3 +334,20 @@ async def test_a_new_policy_has_every_series_at_zero(harness):
 async def test_probes(harness):
     assert (await harness.client.get("/healthz")).status == 200
     assert (await harness.client.get("/readyz")).status == 200
+
+
+async def test_a_version_without_its_adaptation_record_is_never_served(harness):
+    """The operator writes every version with its record, in one write: a version without one
+    was not written by it whole, and the server refuses it like a corrupt one."""
+    from metapolicy.checkpoint import policy_to_checkpoint
+
+    harness.add_nodes(*NODES)
+    store = harness.store("p")
+    version = store.save(policy_to_checkpoint(untrained("node-set", NODES)))
+    store.set_active(version)
+    harness.add_policy("p")
+    await wait_for(
+        lambda: harness.registry.policies["default/p"].problem == "checkpoint_unreadable",
+        what="the version without a record is refused",
+    )
+    assert harness.registry.policies["default/p"].active is None

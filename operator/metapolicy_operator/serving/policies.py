@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metapolicy.checkpoint import policy_from_checkpoint
+from metapolicy.checkpoint import policy_from_checkpoint, stored_record
 from metapolicy.policy import SlotPolicy
-from metapolicy.store import CheckpointStore, FilesystemStore
+from metapolicy.store import CheckpointStore, CorruptCheckpointError, FilesystemStore
 from metapolicy_operator.configmap_store import (
     KIND_POINTER,
     LABEL_KIND,
@@ -116,6 +116,8 @@ class ServedPolicy:
 def load_version(store: CheckpointStore, version: int) -> ActiveVersion:
     """Read, verify and rebuild one version (blocking: run it on the loader thread)."""
     checkpoint = store.load(version)  # checks length and sha256 before parsing
+    if stored_record(checkpoint.meta) is None:  # a version the operator did not write whole
+        raise CorruptCheckpointError("its adaptation record is missing", version=version)
     policy = policy_from_checkpoint(checkpoint).eval()
     for parameter in policy.parameters():
         parameter.requires_grad_(False)
