@@ -28,9 +28,6 @@ import jsonschema
 import pytest
 import yaml
 
-from metapolicy.record import Outcome
-from metapolicy_operator.metrics import PHASES
-
 from e2e import crd_schema
 from e2e.crd_schema import (
     HAVE_CEL,
@@ -41,6 +38,8 @@ from e2e.crd_schema import (
     to_json_schema,
     walk_schema,
 )
+from metapolicy.record import Outcome
+from metapolicy_operator.metrics import PHASES
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "metapolicy.yaml"
