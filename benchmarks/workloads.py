@@ -57,7 +57,9 @@ def _setup():
     torch.set_num_threads(1)
 
 
-def train_job(arch: str, seed: int, name: str, specs: dict, episodes: int) -> dict:
+def train_job(
+    arch: str, seed: int, name: str, specs: dict, episodes: int, steps: int | None
+) -> dict:
     """Train on one workload; score on it and (from synthetic) on every other one."""
     _setup()
     from metapolicy.cluster import make_cluster
@@ -69,7 +71,8 @@ def train_job(arch: str, seed: int, name: str, specs: dict, episodes: int) -> di
     workload = load_workload(specs[name])
     start = time.perf_counter()
     result = train_initial(
-        nodes, TrainingSettings(architecture=arch, seed=seed, episodes=16, workload=workload)
+        nodes,
+        TrainingSettings(architecture=arch, seed=seed, steps=steps, episodes=16, workload=workload),
     )
     wall = time.perf_counter() - start
     seeds = evaluation_seeds(episodes)
@@ -299,6 +302,7 @@ def main() -> None:
         default=os.environ.get("METAPOLICY_ALIBABA_TRACE", str(DEFAULT_ALIBABA)),
         help="openb_pod_list_default.csv of the Alibaba GPU-v2023 trace",
     )
+    parser.add_argument("--train-steps", type=int, help="default: the architecture's default")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/workloads")
     args = parser.parse_args()
@@ -320,7 +324,7 @@ def main() -> None:
                 for truth in (False, True)
             ]
             jobs = [
-                pool.submit(train_job, arch, seed, name, specs, args.episodes)
+                pool.submit(train_job, arch, seed, name, specs, args.episodes, args.train_steps)
                 for name in specs
                 for arch in args.archs
                 for seed in args.seeds
