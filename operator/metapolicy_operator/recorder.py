@@ -135,23 +135,20 @@ class Recording:
                 self.closed.popitem(last=False)
         self.pending[uid] = record
 
-    def flush(self, now: float, alive: Iterable[str] | None = None) -> int:
-        """Write the pending batch into the stored trace (blocking: run it in a thread).
-        Returns the records written. On failure the batch stays pending for the next try."""
-        batch, self.pending = self.pending, {}
-        try:
-            trace = self.trace if self.trace is not None else self._load()
-            for uid, record in batch.items():
-                trace.observe(uid, record, now)
-            trace.recorded_until = max(trace.recorded_until, now)
-            if alive is not None:
-                trace.close_missing(alive, trace.recorded_until)
-            trace.prune(now)
-            self.store.save_trace(trace.encode(self.store.trace_limit))
-        except BaseException:
-            self.pending = batch | self.pending  # newer records win
-            raise
+    def write(
+        self, batch: dict[str, PodRecord], now: float, alive: Iterable[str] | None = None
+    ) -> int:
+        """Merge a batch into the stored trace and store it (blocking: run it in a thread;
+        the batch is taken from `pending` on the event loop, see `_flush`)."""
+        trace = self.trace if self.trace is not None else self._load()
+        for uid, record in batch.items():
+            trace.observe(uid, record, now)
+        trace.recorded_until = max(trace.recorded_until, now)
+        if alive is not None:
+            trace.close_missing(alive, trace.recorded_until)
+        trace.prune(now)
         self.trace = trace
+        self.store.save_trace(trace.encode(self.store.trace_limit))
         self.flushes += 1
         return len(batch)
 
@@ -233,10 +230,18 @@ async def _list_pods(core, namespaces: Iterable[str]) -> list[dict]:
 
 
 async def _flush(recording: Recording, alive: Iterable[str] | None = None) -> None:
+    """Take the pending batch on the event loop (pod events keep arriving into a new one),
+    write it in a thread; if the write fails the batch is pending again, newer records first."""
     async with recording.lock:
-        if recording.pending or alive is not None:
-            written = await asyncio.to_thread(recording.flush, time.time(), alive)
-            log.debug("%s: recorded %d pod updates", recording.key, written)
+        if not recording.pending and alive is None:
+            return
+        batch, recording.pending = recording.pending, {}
+        try:
+            written = await asyncio.to_thread(recording.write, batch, time.time(), alive)
+        except BaseException:
+            recording.pending = batch | recording.pending
+            raise
+        log.debug("%s: recorded %d pod updates", recording.key, written)
 
 
 def register(runtime_key: str) -> None:

@@ -4,6 +4,7 @@ policy's ConfigMap store. Only the recorder's handlers run here (no training).""
 from __future__ import annotations
 
 import asyncio
+import time
 import types
 from datetime import UTC, datetime
 from typing import Any
@@ -13,9 +14,11 @@ import kubernetes
 import pytest
 
 from metapolicy.observed import ObservedTrace
+from metapolicy.store import FilesystemStore
 from metapolicy_operator import recorder
 from metapolicy_operator.configmap_store import ConfigMapStore
-from metapolicy_operator.recorder import RECORDER_KEY, Recorder, pod_record
+from metapolicy_operator.recorder import RECORDER_KEY, Recorder, Recording, _flush, pod_record
+from metapolicy_operator.spec import WorkloadSource
 
 RUNTIME_KEY = "metapolicy-runtime"
 POLICIES = "/apis/metapolicy.dev/v1alpha1/namespaces/default/metapolicies"
@@ -220,3 +223,26 @@ def test_pods_selected_by_two_policies_are_tracked_until_they_are_not():
     assert changed == [{"ns/a", "ns/b"}]
     rec.observe(one, deleted=True, now=2.0)
     assert rec.sharing("ns/a") == {} and changed[-1] == {"ns/a", "ns/b"}
+
+
+async def test_a_failed_write_keeps_the_batch_for_the_next_flush(tmp_path):
+    class Flaky(FilesystemStore):
+        fail = True
+
+        def save_trace(self, data: bytes) -> None:
+            if self.fail:
+                self.fail = False
+                raise OSError("API server unavailable")
+            super().save_trace(data)
+
+    store = Flaky(tmp_path)
+    recording = Recording("default/web", "default", {}, ("default",), WorkloadSource(), store)
+    t0 = float(int(time.time())) - 60  # within the 7-day window the flush prunes to
+    body = {"metadata": {"uid": "u1", "creationTimestamp": iso(t0)}, "spec": pod("x")["spec"]}
+    recording.observe("u1", pod_record(body | scheduled(t0 + 1), deleted=False, now=t0 + 2))
+    with pytest.raises(OSError, match="unavailable"):
+        await _flush(recording)
+    assert list(recording.pending) == ["u1"] and store.load_trace() is None
+    await _flush(recording)
+    assert not recording.pending
+    assert ObservedTrace.decode(store.load_trace()).ran() == 1
