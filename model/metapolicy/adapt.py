@@ -18,6 +18,7 @@ of seconds for nothing.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 
 from metapolicy.cluster import NodeProfile, check_node_set
+from metapolicy.compact import snap
+from metapolicy.device import resolve_device
 from metapolicy.distill import DistillSettings, distill
 from metapolicy.evaluation import (
     Reference,
@@ -36,11 +39,12 @@ from metapolicy.evaluation import (
     reference,
     retention,
 )
-from metapolicy.policy import SlotPolicy
+from metapolicy.policy import SlotPolicy, check_capacity
 from metapolicy.ppo import Freeze, PPOSettings
 from metapolicy.record import AdaptationRecord, Outcome, Reason
 from metapolicy.selection import BestWeights, train_keeping_best
 from metapolicy.strategies import changed_slots, choose_strategy, resize
+from metapolicy.subclusters import DEFAULT_SIZE, sampled
 from metapolicy.traces import Workload
 from metapolicy.workload import WorkloadSpec
 
@@ -67,6 +71,17 @@ class AdaptationSettings:
     select_every: int = 2  # updates between two scorings of the weights
     seed: int = 0
     workload: Workload = field(default_factory=WorkloadSpec)
+    # Nodes per episode on a bigger cluster, for fine-tuning and validation alike (node-set
+    # only; 0: always the whole cluster). Validation episodes draw their sub-cluster from their
+    # seed, so the candidate and the backup in masked mode meet the same ones.
+    subcluster: int = DEFAULT_SIZE
+    device: str = "auto"  # metapolicy.device: where the fine-tune (and distillation) runs
+
+
+def episodes_view(policy: SlotPolicy, s: AdaptationSettings) -> Sequence[NodeProfile]:
+    """The policy's nodes as its episodes see them: `SubClusters` when there are more nodes
+    than `s.subcluster` and the architecture can play them, the whole cluster otherwise."""
+    return sampled(policy.nodes, s.subcluster if policy.scores_subsets else None, s.seed)
 
 
 @dataclass(frozen=True)
@@ -79,11 +94,17 @@ class Validation:
 
 
 def validate(
-    candidate: SlotPolicy, backup: SlotPolicy, workload: Workload | None, episodes: int
+    candidate: SlotPolicy,
+    backup: SlotPolicy,
+    workload: Workload | None,
+    episodes: int,
+    subcluster: int | None = None,
 ) -> Validation:
-    """Paired returns of candidate and backup on the same evaluation seeds."""
+    """Paired returns of candidate and backup on the same evaluation seeds (and, on a big
+    cluster, the same sub-clusters of `subcluster` nodes: the seed picks them)."""
     seeds = evaluation_seeds(episodes)
-    new_nodes, old_nodes = candidate.nodes, backup.nodes
+    size = subcluster if candidate.scores_subsets else None
+    new_nodes, old_nodes = sampled(candidate.nodes, size), sampled(backup.nodes, size)
     overlap = set(backup.slot_names) & set(candidate.slot_names)
     return Validation(
         candidate_new=episode_returns(candidate.agent(), new_nodes, workload, seeds),
@@ -268,13 +289,14 @@ def zero_shot(
     minutes, so a changed node set can be served at once if this candidate passes."""
     s = settings or AdaptationSettings()
     new_nodes = check_node_set(new_nodes, s.max_nodes)
+    check_capacity(backup.architecture, len(new_nodes))
     strategy = choose_strategy(backup.slot_names, [n.name for n in new_nodes], s.strategy)
     laps = _Laps()
-    candidate = resize(backup, new_nodes, strategy)
+    candidate = snap(resize(backup, new_nodes, strategy))  # validated as it will be stored
     laps("resize")
     if perturb is not None:
         perturb(candidate)
-    v = validate(candidate, backup, s.workload, s.episodes)
+    v = validate(candidate, backup, s.workload, s.episodes, s.subcluster)
     decision = decide(v, s)
     laps("validate")
     record = _record(backup, new_nodes, strategy, decision, laps.total, laps.timings)
@@ -332,26 +354,31 @@ def train_candidate(
     `should_stop()` says so."""
     s = settings or AdaptationSettings()
     progress = on_progress or (lambda stage, fraction: None)
+    device = resolve_device(s.device, "adaptation.device")
     # The zero-shot candidate again (resizing is deterministic), unsabotaged in a drill.
-    candidate = resize(backup, new_nodes, start.strategy)
+    candidate = snap(resize(backup, new_nodes, start.strategy)).to(device)
+    view = episodes_view(candidate, s)
     laps = _Laps()
     if start.strategy == "knowledge_distillation" and start.added:
         progress("distill", 0.05)
+        # the caller's backup stays where it is (it keeps serving, or is judged against)
+        teacher = backup if device.type == "cpu" else copy.deepcopy(backup).to(device)
         distill(
             candidate,
-            backup,
-            new_nodes,
+            teacher,
+            view,
             s.workload,
             DistillSettings(steps=s.distill_steps, seed=s.seed),
         )
         laps("distill")
     best = None
     if s.budget_steps > 0:
-        best = fine_tune(candidate, new_nodes, s, progress, should_stop)
+        best = fine_tune(candidate, view, s, progress, should_stop)
         laps("fine_tune")
         if best is not None:  # scoring the weights is reported apart from training them
             laps.timings["select"] = best.seconds
             laps.timings["fine_tune"] -= best.seconds
+    snap(candidate.cpu())  # judged as it will be stored
     return Trained(
         candidate,
         laps.total,
@@ -377,9 +404,10 @@ def judge(
         perturb(candidate)
     laps = _Laps()
     seeds = evaluation_seeds(s.episodes)
+    view = episodes_view(candidate, s)
     v = replace(
         start.validation,
-        candidate_new=episode_returns(candidate.agent(), new_nodes, s.workload, seeds),
+        candidate_new=episode_returns(candidate.agent(), view, s.workload, seeds),
     )
     decision = decide(v, s)
     if start.promoted:

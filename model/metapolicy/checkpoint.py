@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from metapolicy import compact
 from metapolicy.cluster import NodeProfile
 from metapolicy.policy import ARCHITECTURES, SlotPolicy
 from metapolicy.record import AdaptationRecord
@@ -21,11 +22,13 @@ def policy_to_checkpoint(
     policy: SlotPolicy, record: AdaptationRecord | None = None, **meta: Any
 ) -> Checkpoint:
     """`record` is what produced these weights, stored in the same atomic write so that a crash
-    can never leave a version without the story of how it was made; `meta` adds anything else."""
+    can never leave a version without the story of how it was made; `meta` adds anything else.
+    A big node-set's slot table is stored in int8 (`metapolicy.compact`)."""
     if record is not None:
         meta["record"] = record.to_json()
+    tensors = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
     return Checkpoint(
-        tensors={k: v.detach().clone() for k, v in policy.state_dict().items()},
+        tensors=compact.pack(tensors) if compact.compacts(policy) else tensors,
         meta={
             "schema": SCHEMA,
             **policy.config(),
@@ -50,7 +53,8 @@ def policy_from_checkpoint(checkpoint: Checkpoint) -> SlotPolicy:
         if [n.name for n in nodes] != meta["node_names"]:
             raise ValueError("node_names disagree with nodes")
         policy = cls(nodes, int(meta["hidden"]))
-        policy.load_state_dict({k: torch.as_tensor(v) for k, v in checkpoint.tensors.items()})
+        tensors = compact.unpack(dict(checkpoint.tensors))
+        policy.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()})
     except (KeyError, ValueError, RuntimeError, TypeError) as error:
         raise CorruptCheckpointError(f"cannot rebuild the policy: {error}") from error
     return policy

@@ -4,7 +4,8 @@ The teacher runs in masked mode on the new cluster: it only knows the surviving 
 student is taught the teacher's choice *among the nodes the teacher knows* (both distributions
 renormalised over those nodes), on states of the new cluster visited by the student itself
 (DAgger-style, so it learns where it actually goes). What to do with the new nodes is left to the
-PPO fine-tune that follows; the teacher has nothing to say about them.
+PPO fine-tune that follows; the teacher has nothing to say about them. On a big cluster the
+states are sub-clusters of it (`metapolicy.subclusters`), as in fine-tuning.
 """
 
 from __future__ import annotations
@@ -63,15 +64,18 @@ def kl_to_teacher(student: SlotPolicy, teacher: SlotPolicy, states, env_names) -
 
 
 def _kl(student, teacher, obs, env_names) -> torch.Tensor:
-    s_batch = student.view(obs, env_names)
-    t_batch = teacher.view(obs, env_names)
+    if obs.members is not None:
+        return _kl_subset(student, teacher, obs, env_names)
+    device = student.device
+    s_batch = tuple(t.to(device) for t in student.view(obs, env_names))
+    t_batch = tuple(t.to(device) for t in teacher.view(obs, env_names))
     # Align both policies on env node order so slot orders may differ.
     s_index, _ = student._slot_index(env_names)
     t_index, t_present = teacher._slot_index(env_names)
     size = len(env_names)
-    known = torch.zeros(obs.mask.shape[0], size, dtype=torch.bool)
-    known[:, torch.as_tensor(t_index[t_present])] = True
-    known &= torch.from_numpy(obs.mask)
+    known = torch.zeros(obs.mask.shape[0], size, dtype=torch.bool, device=device)
+    known[:, torch.as_tensor(t_index[t_present], device=device)] = True
+    known &= torch.from_numpy(obs.mask).to(device)
     t_logp = _scatter(_known_log_probs(teacher, t_batch, t_batch[2]), t_index, t_present, size)
     s_logits, _ = student(*s_batch)
     s_logits = _scatter(s_logits, s_index, None, size, fill=MASKED_LOGIT)
@@ -80,11 +84,24 @@ def _kl(student, teacher, obs, env_names) -> torch.Tensor:
     return (p * (t_logp - s_logp)).masked_fill(~known, 0).sum(-1).mean()
 
 
+def _kl_subset(student, teacher, obs, env_names) -> torch.Tensor:
+    """The same on a sub-cluster, whose observations are already in env order."""
+    device = student.device
+    t_inputs = [t.to(device) for t in teacher.inputs(obs, env_names)]
+    known = t_inputs[2]  # the observation's mask and the teacher's slots
+    with torch.no_grad():
+        t_logp = torch.log_softmax(teacher(*t_inputs)[0], -1)
+    s_logits, _ = student(*(t.to(device) for t in student.inputs(obs, env_names)))
+    s_logp = torch.log_softmax(s_logits.masked_fill(~known, MASKED_LOGIT), -1)
+    p = t_logp.exp()
+    return (p * (t_logp - s_logp)).masked_fill(~known, 0).sum(-1).mean()
+
+
 def _scatter(values, index, present, size, fill=MASKED_LOGIT):
     """Slot-ordered (B, slots) values -> env-ordered (B, size)."""
-    out = torch.full((values.shape[0], size), fill, dtype=values.dtype)
-    keep = slice(None) if present is None else torch.as_tensor(present)
-    out[:, torch.as_tensor(index)[keep]] = values[:, keep]
+    out = torch.full((values.shape[0], size), fill, dtype=values.dtype, device=values.device)
+    keep = slice(None) if present is None else torch.as_tensor(present, device=values.device)
+    out[:, torch.as_tensor(index, device=values.device)[keep]] = values[:, keep]
     return out
 
 

@@ -48,7 +48,7 @@ def episode_stats(
     while not done:
         actions = np.asarray(agent(sim, obs), np.int64)
         _, fits, _ = sim.placement()
-        rejected += ~(fits[rows, actions] & sim.available[actions])
+        rejected += ~(fits[rows, actions] & sim.allowed(actions))
         obs, reward, done, cost = sim.step(actions)
         total += reward
         cost_sum += cost

@@ -102,6 +102,9 @@ class Observation:
     nodes: np.ndarray  # (B, N, NODE_FEATURES) float32
     task: np.ndarray  # (B, TASK_FEATURES) float32
     mask: np.ndarray  # (B, N) bool: True where a task may be placed
+    # (B, N) int: which node of the whole node set each column is, when every state shows a
+    # different sub-cluster (`metapolicy.subclusters`); None: the caller's node order
+    members: np.ndarray | None = None
 
 
 # ----- pod attributes ------------------------------------------------------------------------
@@ -165,12 +168,15 @@ class ClusterState:
 
     Running pods are flat arrays (one entry per pod, any order) so that the simulator's padded
     slots (cpu 0 = empty) and the server's per-node pod lists are the same input.
+
+    The node arrays are (N,) when every state has the same nodes, or (B, N) when each state is
+    a different sub-cluster of a bigger node set (`metapolicy.subclusters`).
     """
 
-    cpu: np.ndarray  # (N,) allocatable cores
-    memory: np.ndarray  # (N,) allocatable MiB
-    latency: np.ndarray  # (N,) ms
-    available: np.ndarray  # (N,) bool: nodes the policy may use
+    cpu: np.ndarray  # (N,) or (B, N) allocatable cores
+    memory: np.ndarray  # (N,) or (B, N) allocatable MiB
+    latency: np.ndarray  # (N,) or (B, N) ms
+    available: np.ndarray  # (N,) or (B, N) bool: nodes the policy may use
     requested_cpu: np.ndarray  # (B, N) cores requested by bound pods
     requested_memory: np.ndarray  # (B, N) MiB
     has_room: np.ndarray  # (B, N) bool: room for one more pod (pod count)
@@ -246,7 +252,7 @@ def pod_summary(state: ClusterState, now: np.ndarray) -> np.ndarray:
     log-age of its pods. Ages are known to a scheduler; when the pods will end is not."""
     batch, size = state.requested_cpu.shape
     cells = batch * size
-    node_cpu = np.tile(state.cpu, batch)
+    node_cpu = np.broadcast_to(state.cpu, (batch, size)).reshape(-1)
     out = np.zeros((cells, 4))
     for k in range(len(QOS_CLASSES)):
         weights = np.where(state.pod_qos == k, state.pod_cpu, 0.0)
@@ -257,6 +263,14 @@ def pod_summary(state: ClusterState, now: np.ndarray) -> np.ndarray:
     weighted = np.bincount(state.pod_node, state.pod_cpu * log_age, cells)
     out[:, 3] = np.divide(weighted, held, out=np.zeros(cells), where=held > 0)
     return out.reshape(batch, size, 4)
+
+
+def _available_sum(values: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """Per state, the sum of `values` over the available nodes. With one node set for all
+    states this is the plain masked sum (kept exactly, so results do not move by a rounding)."""
+    if available.ndim == 1:
+        return values[..., available].sum(-1)
+    return np.where(available, values, 0.0).sum(-1)
 
 
 def observe(state: ClusterState, pods: PendingPods, where: Placement | None = None) -> Observation:
@@ -272,11 +286,14 @@ def observe(state: ClusterState, pods: PendingPods, where: Placement | None = No
     # number a reservation rule needs ("do not fill the last home of a big task").
     others = np.where(free >= largest[:, :1], largest[:, 1:], largest[:, :1])
     largest_if_here = np.maximum(others, free - pods.cpu[:, None])
-    relative_size = state.cpu / state.cpu[available].max()
-    static = np.stack([state.cpu / CPU_REF, state.memory / MEMORY_REF, state.latency / LATENCY_REF])
+    biggest = np.where(available, state.cpu, -np.inf).max(-1, keepdims=True)
+    relative_size = state.cpu / biggest
+    static = np.stack(
+        [state.cpu / CPU_REF, state.memory / MEMORY_REF, state.latency / LATENCY_REF], -1
+    )
     nodes = np.concatenate(
         [
-            np.broadcast_to(static.T, (batch, size, 3)),
+            np.broadcast_to(static, (batch, size, 3)),
             np.stack(
                 [
                     state.requested_cpu / state.cpu,
@@ -297,15 +314,16 @@ def observe(state: ClusterState, pods: PendingPods, where: Placement | None = No
         ],
         axis=-1,
     )
-    nodes = np.where(available[None, :, None], nodes, 0.0).astype(np.float32)
-    capacity = state.cpu[available].sum()
+    nodes = np.where(np.broadcast_to(available, (batch, size))[..., None], nodes, 0.0)
+    nodes = nodes.astype(np.float32)
+    capacity = _available_sum(state.cpu, available)
     task = np.concatenate(
         [
             np.stack([pods.cpu / CPU_REF, pods.memory / MEMORY_REF], -1),
             pods.attributes,
             np.stack(
                 [
-                    state.requested_cpu[:, available].sum(-1) / capacity,
+                    _available_sum(state.requested_cpu, available) / capacity,
                     fits.mean(-1),
                     largest[:, 0] / CPU_REF,
                     largest[:, 1] / CPU_REF,

@@ -90,28 +90,34 @@ def imitate(
     episode = 0
     obs = sim.reset(seeds(episode))
     views, targets = [], []
+    rows = np.arange(s.envs)
     for _ in range(max(1, s.steps // s.envs)):
         label = np.asarray(agent(sim, obs))
-        known = slot_of_env[label] >= 0
-        view = policy.view(obs, names)
+        view = policy.inputs(obs, names)  # slot order; on a sub-cluster its own, plus slot ids
+        if obs.members is None:
+            column = slot_of_env[label]
+        else:
+            column = np.where(view[3].numpy()[rows, label] >= 0, label, -1)
+        known = column >= 0
         views.append(tuple(t[known] for t in view))
-        targets.append(torch.from_numpy(slot_of_env[label][known]))
+        targets.append(torch.from_numpy(column[known]))
         own = policy.act(obs, names, deterministic=False, generator=generator)
         actions = np.where(rng.random(s.envs) < s.mix, label, own)
         obs, _, done, _ = sim.step(actions)
         if done:
             episode += 1
             obs = sim.reset(seeds(episode))
-    nodes_t, task_t, mask_t = (torch.cat([v[k] for v in views]) for k in range(3))
-    target = torch.cat(targets)
+    device = policy.device
+    inputs = [torch.cat([v[k] for v in views]).to(device) for k in range(len(views[0]))]
+    target = torch.cat(targets).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.learning_rate)
     loss_value = float("nan")
     for _ in range(s.epochs):
-        order = torch.randperm(len(target), generator=generator)
+        order = torch.randperm(len(target), generator=generator).to(device)
         total, batches = 0.0, 0
         for first in range(0, len(order), s.batch):
             pick = order[first : first + s.batch]
-            logits, _ = policy(nodes_t[pick], task_t[pick], mask_t[pick])
+            logits, _ = policy(*(x[pick] for x in inputs))
             loss = torch.nn.functional.cross_entropy(
                 logits, target[pick], label_smoothing=s.label_smoothing
             )

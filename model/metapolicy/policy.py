@@ -2,7 +2,11 @@
 
 A policy only ever sees nodes through its own slots: `view()` gathers the simulator's nodes
 into slot order, and a node the policy has no slot for is invisible (never chosen), which is
-what running an old policy "in masked mode" on a changed cluster means.
+what running an old policy "in masked mode" on a changed cluster means. On a sub-cluster (an
+observation of a few nodes drawn from a big node set, `metapolicy.subclusters`), `inputs()`
+keeps the observation's own node order and adds each node's slot id instead: memory and time
+then follow the sub-cluster, not the number of slots. Only architectures with
+`scores_subsets` (node-set) can do that.
 
 Each architecture declares its slot tensors (`SlotTensor`): where in which parameter the
 per-slot blocks live. Resize strategies work only through that declaration, so the same ladder
@@ -19,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metapolicy.cluster import NodeProfile, check_unique
+from metapolicy.cluster import NodeProfile, TooManyNodes, check_unique
 from metapolicy.features import COST_FEATURE, NODE_FEATURES, TASK_FEATURES, Observation
 
 MASKED_LOGIT = -1e9
@@ -59,6 +63,8 @@ class SlotPolicy(nn.Module):
     """Common slot bookkeeping, masking and acting."""
 
     architecture: str
+    scores_subsets = False  # True: forward() also takes env-ordered nodes plus their slot ids
+    max_slots: int | None = None  # the most nodes the architecture is meant for (None: any)
 
     def __init__(self, nodes: Sequence[NodeProfile], hidden: int) -> None:
         super().__init__()
@@ -66,6 +72,7 @@ class SlotPolicy(nn.Module):
         self.hidden = hidden
         self.cost_weight = nn.Parameter(torch.tensor(-COST_PRIOR))
         self._views: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._env_slots: tuple[Sequence[str] | None, np.ndarray] = (None, np.zeros(0))
         self._slot_of = {node.name: j for j, node in enumerate(self.nodes)}
 
     @property
@@ -75,6 +82,10 @@ class SlotPolicy(nn.Module):
     @property
     def size(self) -> int:
         return len(self.nodes)
+
+    @property
+    def device(self) -> torch.device:
+        return self.cost_weight.device
 
     def slot_tensors(self) -> list[SlotTensor]:
         raise NotImplementedError
@@ -112,13 +123,60 @@ class SlotPolicy(nn.Module):
         index, _ = self._slot_index(env_names)
         return index[slots]
 
+    def env_slots(self, env_names: Sequence[str]) -> np.ndarray:
+        """(N,) the slot of each env node, -1 where the policy has none. Remembers the last
+        list it was asked about (by identity): a simulator asks about the same one each step,
+        and hashing thousands of names per step would cost more than the step."""
+        last, slots = self._env_slots
+        if last is not env_names:
+            slots = np.array([self._slot_of.get(name, -1) for name in env_names], np.int64)
+            self._env_slots = (env_names, slots)
+        return slots
+
+    def inputs(self, obs: Observation, env_names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+        """What `forward` takes for `obs` (CPU tensors): `view()` for a whole cluster; on a
+        sub-cluster, its nodes in their own order plus their slot ids (-1: no slot, masked)."""
+        if obs.members is None:
+            return self.view(obs, env_names)
+        if not self.scores_subsets:
+            raise ValueError(
+                f"a {self.architecture} policy reads every slot in place and cannot play "
+                "sub-clusters; train it on the whole cluster"
+            )
+        slots = self.env_slots(env_names)[obs.members]
+        mask = obs.mask & (slots >= 0)
+        nodes = np.where(mask[..., None], obs.nodes, 0.0)
+        return (
+            torch.from_numpy(nodes),
+            torch.from_numpy(obs.task),
+            torch.from_numpy(mask),
+            torch.from_numpy(slots),
+        )
+
+    def env_actions(
+        self, choice: np.ndarray, obs: Observation, env_names: Sequence[str]
+    ) -> np.ndarray:
+        """Columns of `forward`'s logits for `obs` -> the simulator's node indices."""
+        return choice if obs.members is not None else self.to_env_actions(choice, env_names)
+
     # ----- acting ---------------------------------------------------------------------------------
     def forward(
-        self, nodes: torch.Tensor, task: torch.Tensor, mask: torch.Tensor
+        self,
+        nodes: torch.Tensor,
+        task: torch.Tensor,
+        mask: torch.Tensor,
+        slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (masked logits (B, slots), value (B,))."""
-        logits, value = self._forward(nodes, task, mask)
+        """-> (masked logits (B, slots), value (B,)); with `slots` (B, N), the slot of each
+        of N env-ordered nodes (`inputs()` on a sub-cluster), logits are (B, N) in that order."""
+        if slots is None:
+            logits, value = self._forward(nodes, task, mask)
+        else:
+            logits, value = self._forward_subset(nodes, task, mask, slots)
         return self._with_cost_prior(logits, nodes, mask), value
+
+    def _forward_subset(self, nodes, task, mask, slots):  # pragma: no cover - abstract
+        raise ValueError(f"a {self.architecture} policy cannot score a subset of its slots")
 
     def _with_cost_prior(
         self, logits: torch.Tensor, nodes: torch.Tensor, mask: torch.Tensor
@@ -169,12 +227,16 @@ class SlotPolicy(nn.Module):
         policies with the same distribution over nodes make the same choice whatever their slot
         order (common random numbers for the policy's own randomness too).
         """
-        logits, _ = self(*self.view(obs, env_names))
+        logits, _ = self(*(t.to(self.device) for t in self.inputs(obs, env_names)))
+        logits = logits.cpu()
         if deterministic:
-            return self.to_env_actions(logits.argmax(-1).numpy(), env_names)
-        index, present = self._slot_index(env_names)
-        probs = np.zeros(obs.mask.shape)
-        probs[:, index[present]] = torch.softmax(logits, -1).numpy()[:, present]
+            return self.env_actions(logits.argmax(-1).numpy(), obs, env_names)
+        if obs.members is not None:
+            probs = torch.softmax(logits, -1).numpy().astype(np.float64)
+        else:
+            index, present = self._slot_index(env_names)
+            probs = np.zeros(obs.mask.shape)
+            probs[:, index[present]] = torch.softmax(logits, -1).numpy()[:, present]
         cdf = np.cumsum(probs, -1)
         u = torch.rand(len(probs), generator=generator, dtype=torch.float64).numpy()
         choice = (cdf <= (u * cdf[:, -1])[:, None]).sum(-1)  # first node whose CDF passes u
@@ -211,6 +273,7 @@ class NodeSetPolicy(SlotPolicy):
     """
 
     architecture = "node-set"
+    scores_subsets = True
 
     def __init__(self, nodes: Sequence[NodeProfile], hidden: int = 64) -> None:
         super().__init__(nodes, hidden)
@@ -227,6 +290,13 @@ class NodeSetPolicy(SlotPolicy):
 
     def _forward(self, nodes, task, mask):
         return self._forward_with(nodes, task, mask, self.slot_table)
+
+    def _forward_subset(self, nodes, task, mask, slots):
+        """Env-ordered nodes with their slot ids: only the rows in use are gathered (and get
+        gradient), a node without a slot (-1) gets the zero embedding, as in `preferences`."""
+        rows = self.slot_table[slots.clamp(min=0)]
+        table = torch.where((slots >= 0)[..., None], rows, torch.zeros((), device=rows.device))
+        return self._forward_with(nodes, task, mask, table)
 
     def scorable(self, env_names: Sequence[str]) -> np.ndarray:
         return np.ones(len(env_names), bool)
@@ -262,6 +332,10 @@ class SlotMLPPolicy(SlotPolicy):
     one logit per node. Its first layer's input columns and last layer's rows are per slot."""
 
     architecture = "slot-mlp"
+    # The flat foil keeps the old maxNodes limit: its input layer has a block per node, and
+    # it cannot play sub-clusters, so every step costs O(N). Above ~100 nodes (hidden 64) its
+    # checkpoint also outgrows a ConfigMap (filesystem storage then).
+    max_slots = 256
 
     def __init__(self, nodes: Sequence[NodeProfile], hidden: int = 64) -> None:
         super().__init__(nodes, hidden)
@@ -287,6 +361,16 @@ ARCHITECTURES: dict[str, type[SlotPolicy]] = {
     NodeSetPolicy.architecture: NodeSetPolicy,
     SlotMLPPolicy.architecture: SlotMLPPolicy,
 }
+
+
+def check_capacity(architecture: str, count: int) -> None:
+    """Refuse a node count the architecture is not meant for, naming the limit."""
+    limit = ARCHITECTURES[architecture].max_slots if architecture in ARCHITECTURES else None
+    if limit is not None and count > limit:
+        raise TooManyNodes(
+            f"{count} nodes exceed the {limit} a {architecture} policy supports (its input "
+            "layer has a block per node); use architecture node-set for bigger clusters"
+        )
 
 
 def make_policy(

@@ -16,6 +16,7 @@ from torch import nn
 from metapolicy.cluster import NodeProfile
 from metapolicy.policy import SlotPolicy
 from metapolicy.sim import PlacementSim
+from metapolicy.subclusters import SubClusters
 from metapolicy.traces import Workload
 
 Freeze = Literal["none", "trunk", "gradual"]
@@ -96,13 +97,20 @@ def train(
     Nodes the policy has no slot for are masked out of the simulator, so a policy is never
     trained on actions it cannot take. With `freeze="gradual"` only the resized layers train
     for the first half of the budget, then everything.
+
+    `nodes` given as `SubClusters`: every group of envs plays its own sub-cluster, drawn in
+    turn so every node (and slot embedding) is seen; buffers hold the sub-cluster's nodes and
+    their slot ids, never all slots. The policy runs on its own device; the simulator on numpy.
     """
     s = settings or PPOSettings()
     torch.manual_seed(s.seed)
     known = set(policy.slot_names)
     sim = PlacementSim(nodes, workload, batch=s.envs, available=[n.name in known for n in nodes])
     names = sim.names
+    device = policy.device
     generator = torch.Generator().manual_seed(s.seed)
+    # multinomial needs a generator on the policy's device; on the CPU it is the same one
+    sampler = generator if device.type == "cpu" else torch.Generator(device).manual_seed(s.seed)
     stats = TrainStats()
     start = time.perf_counter()
     if s.group and s.envs % s.group:
@@ -112,11 +120,19 @@ def train(
     updates = max(1, s.steps // batch)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.learning_rate, eps=1e-5)
 
+    width = s.group or 1
+
     def episode_seeds(episode: int) -> list[int]:
-        width = s.group or 1
         return [(s.seed * 7_919 + episode) * s.envs + i // width for i in range(s.envs)]
 
-    obs = sim.reset(episode_seeds(1))
+    def members(episode: int) -> np.ndarray | None:
+        """The sub-clusters of an episode's env groups (a group shares its cluster too)."""
+        if not isinstance(nodes, SubClusters):
+            return None
+        groups = s.envs // width
+        return np.repeat(nodes.in_turn((episode - 1) * groups, groups), width, axis=0)
+
+    obs = sim.reset(episode_seeds(1), members(1))
     episode_seed, episode_return = 1, np.zeros(s.envs)
     for update in range(updates):
         only_resized = s.freeze == "trunk" or (s.freeze == "gradual" and update < updates // 2)
@@ -124,31 +140,31 @@ def train(
         for param_group in optimizer.param_groups:
             param_group["lr"] = s.learning_rate * (1 - update / updates)
 
-        buffers = {
-            k: [] for k in ("nodes", "task", "mask", "action", "logp", "value", "reward", "done")
-        }
+        buffers = {k: [] for k in ("inputs", "action", "logp", "value", "reward", "done")}
         with torch.no_grad():
             for _ in range(rollout):
-                nodes_t, task_t, mask_t = policy.view(obs, names)
-                logits, value = policy(nodes_t, task_t, mask_t)
+                inputs = tuple(t.to(device) for t in policy.inputs(obs, names))
+                logits, value = policy(*inputs)
                 dist = torch.distributions.Categorical(logits=logits)
-                action = torch.multinomial(dist.probs, 1, generator=generator)[:, 0]
-                obs, reward, done, _ = sim.step(policy.to_env_actions(action.numpy(), names))
+                action = torch.multinomial(dist.probs, 1, generator=sampler)[:, 0]
+                chosen = policy.env_actions(action.cpu().numpy(), obs, names)
+                obs, reward, done, _ = sim.step(chosen)
                 episode_return += reward
                 for key, val in (
-                    ("nodes", nodes_t), ("task", task_t), ("mask", mask_t), ("action", action),
+                    ("inputs", inputs), ("action", action),
                     ("logp", dist.log_prob(action)), ("value", value),
-                    ("reward", torch.from_numpy(reward).float()),
-                    ("done", torch.full((s.envs,), float(done))),
+                    ("reward", torch.from_numpy(reward).float().to(device)),
+                    ("done", torch.full((s.envs,), float(done), device=device)),
                 ):  # fmt: skip
                     buffers[key].append(val)
                 if done:
                     stats.episode_returns.append(float(episode_return.mean()))
                     episode_return[:] = 0
                     episode_seed += 1
-                    obs = sim.reset(episode_seeds(episode_seed))
-            _, next_value = policy(*policy.view(obs, names))
+                    obs = sim.reset(episode_seeds(episode_seed), members(episode_seed))
+            _, next_value = policy(*(t.to(device) for t in policy.inputs(obs, names)))
 
+        inputs = [torch.stack(part) for part in zip(*buffers.pop("inputs"), strict=True)]
         data = {k: torch.stack(v) for k, v in buffers.items()}
         if s.group:
             advantages, returns = _group_advantages(data["reward"], s.group, s.gamma)
@@ -157,7 +173,8 @@ def train(
             returns = advantages + data["value"]
         flat = {k: v.reshape(batch, *v.shape[2:]) for k, v in data.items()}
         flat["advantage"], flat["return"] = advantages.reshape(batch), returns.reshape(batch)
-        _update(policy, optimizer, params, flat, s, generator)
+        flat_inputs = [v.reshape(batch, *v.shape[2:]) for v in inputs]
+        _update(policy, optimizer, params, flat_inputs, flat, s, generator)
 
         stats.steps += batch
         stats.updates += 1
@@ -193,14 +210,14 @@ def _group_advantages(rewards: torch.Tensor, group: int, gamma: float):
     return (grouped - others).reshape(returns.shape), returns
 
 
-def _update(policy, optimizer, params, data, s: PPOSettings, generator) -> None:
+def _update(policy, optimizer, params, inputs, data, s: PPOSettings, generator) -> None:
     size = data["action"].shape[0]
     minibatch = size // s.minibatches
     for _ in range(s.epochs):
-        order = torch.randperm(size, generator=generator)
+        order = torch.randperm(size, generator=generator).to(policy.device)
         for start in range(0, size - minibatch + 1, minibatch):
             idx = order[start : start + minibatch]
-            logits, value = policy(data["nodes"][idx], data["task"][idx], data["mask"][idx])
+            logits, value = policy(*(x[idx] for x in inputs))
             dist = torch.distributions.Categorical(logits=logits)
             logp = dist.log_prob(data["action"][idx])
             ratio = (logp - data["logp"][idx]).exp()

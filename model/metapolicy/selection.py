@@ -45,7 +45,8 @@ class BestWeights:
         episodes: int = 16,
         every: int = 2,
     ) -> None:
-        self.policy, self.nodes, self.workload = policy, list(nodes), workload
+        # kept as given: `SubClusters` (a big cluster) must stay sub-clusters
+        self.policy, self.nodes, self.workload = policy, nodes, workload
         self.seeds = selection_seeds(episodes)
         self.every = every
         self.best_return = -np.inf

@@ -20,6 +20,7 @@ import numpy as np
 from metapolicy import features
 from metapolicy.cluster import NodeProfile, check_unique
 from metapolicy.features import PRESSURE_WINDOW, REWARD_SCALE, Observation, rejection_cost
+from metapolicy.subclusters import SubClusters
 from metapolicy.traces import TaskBatch, Workload, task_source
 
 
@@ -28,6 +29,10 @@ class PlacementSim:
 
     `available` masks nodes out (a departed node, or one an old policy does not know about);
     all episodes have `episode_tasks` steps, so they finish together.
+
+    Given `SubClusters` instead of a node list, every episode plays on its own sub-cluster
+    (`members`: which nodes, drawn by the episode seed unless `reset` is handed them), and the
+    node arrays (`cpu`, `available`, ...) are (batch, size) instead of (N,).
     """
 
     def __init__(
@@ -38,6 +43,7 @@ class PlacementSim:
         available: Sequence[bool] | None = None,
         slots_per_node: int = 96,
     ) -> None:
+        self.subclusters = nodes if isinstance(nodes, SubClusters) else None
         self.nodes = check_unique(nodes)
         if not self.nodes:
             raise ValueError("a cluster needs at least one node")
@@ -52,6 +58,8 @@ class PlacementSim:
         )
         if not self.available.any():
             raise ValueError("every node is masked out")
+        self.members: np.ndarray | None = None  # (batch, size) node indices on sub-clusters
+        self._whole = (self.cpu, self.memory, self.latency, self.available)
         self.slots = slots_per_node
         self._placement: features.Placement | None = None
         # pod b*N*S + n*S + s of the flattened slot arrays sits on cell b*N + n
@@ -59,19 +67,23 @@ class PlacementSim:
 
     @property
     def size(self) -> int:
-        return len(self.nodes)
+        """Nodes per episode: the cluster's, or a sub-cluster's."""
+        return len(self.nodes) if self.subclusters is None else self.subclusters.size
 
     @property
     def episode_tasks(self) -> int:
         return self.source.episode_tasks
 
-    def reset(self, seeds: Sequence[int] | int) -> Observation:
-        """Start `batch` episodes; an int seed expands to consecutive per-episode seeds."""
+    def reset(self, seeds: Sequence[int] | int, members: np.ndarray | None = None) -> Observation:
+        """Start `batch` episodes; an int seed expands to consecutive per-episode seeds.
+        On sub-clusters, `members` (batch, size) overrides the draw by seed (training walks
+        through the nodes in turn, `SubClusters.in_turn`)."""
         if isinstance(seeds, int | np.integer):
             seeds = [int(seeds) * 100_003 + i for i in range(self.batch)]
         if len(seeds) != self.batch:
             raise ValueError(f"need {self.batch} seeds, got {len(seeds)}")
         self.seeds = list(seeds)
+        capacity, largest = self._draw_subclusters(members)
         shape = (self.batch, self.size, self.slots)
         self.end = np.zeros(shape)  # true end times: dynamics only, never observed
         self.start = np.zeros(shape)
@@ -83,11 +95,32 @@ class PlacementSim:
         self._placement = None
         # Arrival rate is set by the whole cluster's capacity, masked nodes included: a policy
         # that cannot use new nodes faces the load they were added for.
-        largest = (float(self.cpu.max()), float(self.memory.max()))
-        self.tasks: TaskBatch = self.source.draw(self.seeds, float(self.cpu.sum()), largest)
+        self.tasks: TaskBatch = self.source.draw(self.seeds, capacity, largest)
         gap = np.full((self.batch, PRESSURE_WINDOW - 1), np.nan)
         self._arrivals = np.concatenate([gap, self.tasks.arrival], axis=1)
         return self._observe()
+
+    def _draw_subclusters(self, members: np.ndarray | None) -> tuple[float, tuple[float, float]]:
+        """Node arrays for this batch of episodes; -> (capacity, largest node) for the tasks."""
+        cpu, memory, latency, available = self._whole
+        sub = self.subclusters
+        if sub is None:
+            return float(cpu.sum()), (float(cpu.max()), float(memory.max()))
+        members = sub.for_seeds(self.seeds) if members is None else np.asarray(members, np.int64)
+        if members.shape != (self.batch, sub.size):
+            raise ValueError(f"members must be {(self.batch, sub.size)}, got {members.shape}")
+        self.members = members
+        self.cpu, self.memory, self.latency = cpu[members], memory[members], latency[members]
+        self.available = available[members]
+        if not self.available.any(-1).all():
+            raise ValueError("a sub-cluster has every node masked out")
+        return sub.capacity, sub.largest
+
+    def allowed(self, actions: np.ndarray) -> np.ndarray:
+        """(batch,) whether each episode's chosen node may be used at all."""
+        if self.available.ndim == 1:
+            return self.available[actions]
+        return self.available[np.arange(self.batch), actions]
 
     # ----- dynamics ---------------------------------------------------------------------------
     @property
@@ -148,7 +181,7 @@ class PlacementSim:
         rows = np.arange(self.batch)
         cost_all, fits_all, _ = self.placement()
         cpu, memory, duration = self.current_task()
-        allowed = self.available[actions]
+        allowed = self.allowed(actions)
         fits = fits_all[rows, actions] & allowed
         cost = np.where(fits, cost_all[rows, actions], rejection_cost(cpu))
         placed = np.flatnonzero(fits)
@@ -185,4 +218,6 @@ class PlacementSim:
 
     def _observe(self) -> Observation:
         state, pods = self.scheduler_view()
-        return features.observe(state, pods, self._where())
+        obs = features.observe(state, pods, self._where())
+        obs.members = self.members
+        return obs

@@ -7,12 +7,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from metapolicy.cluster import NodeProfile, check_node_set
+from metapolicy.compact import snap
+from metapolicy.device import resolve_device
 from metapolicy.evaluation import episode_returns, evaluation_seeds, reference
 from metapolicy.imitation import warm_start
-from metapolicy.policy import SlotPolicy, make_policy
+from metapolicy.policy import SlotPolicy, check_capacity, make_policy
 from metapolicy.ppo import PPOSettings
 from metapolicy.record import AdaptationRecord, Outcome, Reason
 from metapolicy.selection import train_keeping_best
+from metapolicy.subclusters import DEFAULT_SIZE, sampled
 from metapolicy.traces import Workload
 from metapolicy.workload import WorkloadSpec
 
@@ -33,6 +36,9 @@ class TrainingSettings:
     select_every: int = 8  # updates between two scorings of the weights
     max_nodes: int = 20
     workload: Workload = field(default_factory=WorkloadSpec)
+    # Nodes per episode on a bigger cluster (node-set only; 0: always the whole cluster).
+    subcluster: int = DEFAULT_SIZE
+    device: str = "auto"  # metapolicy.device: where the policy trains
     # Warm start from the best heuristic when the fresh policy (the myopic rule) scores below
     # this S on the selection episodes (0: never); see metapolicy.imitation.
     imitate_below: float = 0.9
@@ -73,25 +79,31 @@ def train_initial(
     settings: TrainingSettings | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> TrainingResult:
+    """A fresh policy trained on `nodes` (on sub-clusters of them when there are more than
+    `settings.subcluster`), scored on the validation episodes."""
     s = settings or TrainingSettings()
     nodes = check_node_set(nodes, s.max_nodes)
-    policy = make_policy(s.architecture, nodes, s.hidden, s.seed)
+    check_capacity(s.architecture, len(nodes))
+    device = resolve_device(s.device, "training.device")
+    policy = make_policy(s.architecture, nodes, s.hidden, s.seed).to(device)
+    view = sampled(nodes, s.subcluster if policy.scores_subsets else None, s.seed)
     started = time.perf_counter()
-    teacher = warm_start(policy, nodes, s.workload, s.imitate_below, s.seed)
+    teacher = warm_start(policy, view, s.workload, s.imitate_below, s.seed)
     warm_seconds = time.perf_counter() - started
 
     stats, best = train_keeping_best(
         policy,
-        nodes,
+        view,
         s.workload,
         PPOSettings(steps=s.steps, seed=s.seed),
         s.select_episodes,
         s.select_every,
         None if on_progress is None else lambda st: on_progress(min(1.0, st.steps / s.steps)),
     )
+    snap(policy.cpu())  # evaluated as it will be stored
     seeds = evaluation_seeds(s.episodes)
-    ref = reference(nodes, s.workload, seeds)
-    score = ref.score(episode_returns(policy.agent(), nodes, s.workload, seeds))
+    ref = reference(view, s.workload, seeds)
+    score = ref.score(episode_returns(policy.agent(), view, s.workload, seeds))
     curve = [] if best is None else best.curve
     seconds = stats.seconds + warm_seconds
     return TrainingResult(policy, score, ref.best, seconds, stats.steps, curve, teacher)
