@@ -321,8 +321,8 @@ def to_cel(value: Any, node: dict[str, Any]) -> Any:
         return celtypes.BoolType(value)
     if t == "number" and isinstance(value, int | float):
         return celtypes.DoubleType(float(value))
-    if t == "integer" and isinstance(value, int):
-        return celtypes.IntType(value)
+    if (t == "integer" or node.get("x-kubernetes-int-or-string")) and isinstance(value, int):
+        return celtypes.IntType(value)  # int-or-string binds as whichever it holds
     if isinstance(value, str):
         if node.get("format") == "date-time":
             return celtypes.TimestampType(value)

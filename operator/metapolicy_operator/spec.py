@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metapolicy.adapt import ON_INCONCLUSIVE, AdaptationSettings
+from metapolicy.device import DEVICES, device_problem
 from metapolicy.policy import ARCHITECTURES
 from metapolicy.ppo import FREEZE_MODES
 from metapolicy.strategies import STRATEGIES
@@ -51,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "recording": {"maxTasks": 50_000, "maxAgeSeconds": 604_800, "flushSeconds": 30},
     },
     # budgetSteps: by architecture (metapolicy.training.DEFAULT_STEPS)
-    "training": {"seed": 0, "backend": "inProcess"},
+    "training": {"seed": 0, "backend": "inProcess", "device": "auto"},
     "storage": {"backend": "configmap", "keepVersions": 5},
     "serving": {"mode": "active"},
 }
@@ -60,6 +61,11 @@ SERVING_MODES = ("active", "shadow", "off")
 
 class InvalidSpec(ValueError):
     """The spec cannot be used; the message names the field."""
+
+
+#: The CRD's maxNodes maximum: node-set trains and validates on sub-clusters whatever N is,
+#: and a 5,000-node checkpoint (hidden 64) fits one ConfigMap.
+MAX_NODES = 5_000
 
 
 WORKLOAD_SOURCES = ("synthetic", "trace", "observed")
@@ -223,7 +229,14 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
     strategy = _choice(spec, "strategy", ("auto", *STRATEGIES))
     validation = spec["validation"]
     freeze = _choice(spec, "adaptation.freeze", FREEZE_MODES)
-    max_nodes = _number(spec, "maxNodes", 1, 256, integer=True)
+    max_nodes = _number(spec, "maxNodes", 1, MAX_NODES, integer=True)
+    limit = ARCHITECTURES[architecture].max_slots
+    if limit is not None and max_nodes > limit:
+        raise InvalidSpec(
+            f"spec.maxNodes={max_nodes} exceeds {limit}, the most a {architecture} policy "
+            "supports (its input layer has a block per node); use architecture node-set for "
+            f"bigger clusters, or maxNodes <= {limit}"
+        )
     hidden = _number(spec, "hiddenSize", 8, 1024, integer=True)
     w = spec["workload"]
     try:
@@ -238,6 +251,7 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
     except InvalidWorkload as error:
         raise InvalidSpec(f"spec.workload: {error}") from error
     seed = _number(spec, "training.seed", 0, 2**32 - 1, integer=True)
+    device = _device(spec)
     storage = spec["storage"]
     backend = _choice(spec, "storage.backend", ("configmap", "filesystem"))
     path = storage.get("path")
@@ -274,6 +288,7 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
             episodes=_number(spec, "validation.episodes", 2, 1_000, integer=True),
             max_nodes=max_nodes,
             workload=workload,
+            device=device,
         ),
         adaptation=AdaptationSettings(
             strategy=strategy,
@@ -286,6 +301,7 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
             max_nodes=max_nodes,
             seed=seed,
             workload=workload,
+            device=device,
         ),
         settle_seconds=_number(spec, "adaptation.settleSeconds", 0, 3_600),
         max_attempts=_number(spec, "adaptation.maxAttempts", 1, 10, integer=True),
@@ -299,6 +315,17 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
         training_backend=_choice(spec, "training.backend", TRAINING_BACKENDS),
         training_job=_training_job(spec["training"].get("job") or {}),
     )
+
+
+def _device(spec: Mapping) -> str:
+    """spec.training.device; `cuda` must exist where training runs: here, unless a Job
+    trains (its pod checks at start, and says so in the Job's result)."""
+    device = _choice(spec, "training.device", DEVICES)
+    if spec["training"].get("backend") != "job":
+        problem = device_problem(device, "spec.training.device")
+        if problem is not None:
+            raise InvalidSpec(problem)
+    return device
 
 
 def _training_job(job: Mapping) -> TrainingJob:

@@ -80,7 +80,7 @@ DOCUMENTED_DEFAULTS: dict[str, Any] = {
         "minObservedTasks": 1000,
         "recording": {"maxTasks": 50000, "maxAgeSeconds": 604800, "flushSeconds": 30},
     },
-    "training": {"seed": 0, "backend": "inProcess"},  # budgetSteps: by architecture
+    "training": {"seed": 0, "backend": "inProcess", "device": "auto"},  # budgetSteps: by arch
     "storage": {"backend": "configmap", "keepVersions": 5},
     "serving": {"mode": "active"},
 }
@@ -100,6 +100,7 @@ ENUMS: dict[str, list[str]] = {
     "spec.workload.source": ["synthetic", "trace", "observed"],
     "spec.workload.trace.format": ["auto", "generic", "alibaba-gpu-v2023"],
     "spec.serving.mode": ["active", "shadow", "off"],
+    "spec.training.device": ["auto", "cpu", "cuda"],
     "spec.nodeSelector.matchExpressions[].operator": ["In", "NotIn", "Exists", "DoesNotExist"],
     "status.phase": list(PHASES),
     "status.lastAdaptation.outcome": [outcome.value for outcome in Outcome],
@@ -517,6 +518,11 @@ POD_SELECTOR_ITEM = "spec.podSelector.matchExpressions[]"
 
 # (schema path, self value, expected result of every rule at that node)
 CEL_CASES: list[tuple[str, Any, bool]] = [
+    ("spec", {}, True),  # the raw default
+    ("spec", {"architecture": "slot-mlp", "maxNodes": 256}, True),
+    ("spec", {"architecture": "node-set", "maxNodes": 5000}, True),
+    ("spec", {"maxNodes": 5000}, True),
+    ("spec", {"architecture": "slot-mlp", "maxNodes": 257}, False),
     ("spec.workload", {"source": "trace", "trace": {"path": "/t.csv"}}, True),
     ("spec.workload", {"source": "observed"}, True),
     ("spec.workload", {"source": "trace"}, False),

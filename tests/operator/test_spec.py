@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from metapolicy_operator.spec import DEFAULTS, InvalidSpec, parse_spec, with_defaults
@@ -86,3 +87,31 @@ def test_defaults_fill_only_absent_fields():
 def test_bad_specs_name_the_field(spec, message):
     with pytest.raises(InvalidSpec, match=message):
         parse_spec(spec)
+
+
+def test_max_nodes_reaches_5000_for_node_set_and_256_for_slot_mlp():
+    assert parse_spec({"maxNodes": 5000}).adaptation.max_nodes == 5000
+    assert parse_spec({"architecture": "slot-mlp", "maxNodes": 256}).training.max_nodes == 256
+    with pytest.raises(InvalidSpec, match=r"spec\.maxNodes=5001 is outside \[1, 5000\]"):
+        parse_spec({"maxNodes": 5001})
+    with pytest.raises(InvalidSpec, match=r"spec\.maxNodes=300 exceeds 256.*slot-mlp"):
+        parse_spec({"architecture": "slot-mlp", "maxNodes": 300})
+
+
+def test_training_device_reaches_training_and_fine_tuning(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    parsed = parse_spec({})
+    assert parsed.training.device == parsed.adaptation.device == "auto"
+    assert parse_spec({"training": {"device": "cpu"}}).adaptation.device == "cpu"
+    with pytest.raises(InvalidSpec, match=r"spec\.training\.device='tpu' is not one of auto"):
+        parse_spec({"training": {"device": "tpu"}})
+
+
+def test_cuda_without_a_gpu_is_an_invalid_spec_unless_a_job_trains(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidSpec, match=r"spec\.training\.device=cuda, but torch sees no"):
+        parse_spec({"training": {"device": "cuda"}})
+    job = parse_spec({"training": {"device": "cuda", "backend": "job"}})
+    assert job.training.device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert parse_spec({"training": {"device": "cuda"}}).training.device == "cuda"
