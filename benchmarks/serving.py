@@ -47,7 +47,8 @@ from benchmarks.common import machine_info, write_json
 from metapolicy.checkpoint import policy_to_checkpoint
 from metapolicy.cluster import make_cluster
 from metapolicy.policy import make_policy
-from metapolicy.store import FilesystemStore
+from metapolicy.record import AdaptationRecord, Outcome
+from metapolicy.store import Checkpoint, FilesystemStore
 from metapolicy_operator.configmap_store import ConfigMapStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,13 @@ SIZES = (10, 100, 1000)
 GROUP, VERSION, PLURAL = "metapolicy.dev", "v1alpha1", "metapolicies"
 BUDGET_MS = 1000
 TARGETS = {"p99_100_ms": 10.0, "p99_1000_ms": 50.0, "rate_100": 200.0, "swap_p95_s": 2.0}
+
+
+def stored(policy) -> Checkpoint:
+    """A version as the operator stores it: with the record of how it was made (the server
+    refuses a version without one)."""
+    record = AdaptationRecord(outcome=Outcome.PROMOTED, reason="benchmark", trigger="initial")
+    return policy_to_checkpoint(policy, record=record)
 
 
 def free_port() -> int:
@@ -259,7 +267,7 @@ def swap_gaps(port, body, store, promote, count: int, seed: int, nodes) -> list[
     new version, and to the first of 20 answers in a row by it (every worker switched)."""
     gaps = []
     for k in range(seed, seed + count):
-        version = store.save(policy_to_checkpoint(make_policy("node-set", nodes, 64, seed=k)))
+        version = store.save(stored(make_policy("node-set", nodes, 64, seed=k)))
         start = promote(version)
         first = settled = None
         streak, failed = 0, 0
@@ -335,7 +343,7 @@ def run(args) -> dict:
                 add_policy(custom, name, label, {"backend": "filesystem", "path": str(stores)})
                 store = FilesystemStore(stores / "default" / name)
                 policy = make_policy(arch, nodes[:n], hidden=64, seed=0)
-                store.set_active(store.save(policy_to_checkpoint(policy)))
+                store.set_active(store.save(stored(policy)))
                 body = {
                     "Pod": pod_body("web-7d4b9c-x2k8p", label | {"app": "web"}, "500m"),
                     "Nodes": None,
@@ -348,7 +356,7 @@ def run(args) -> dict:
         swap_store = ConfigMapStore(core, "default", "swap")
         swap_nodes = nodes[:10]
         swap_store.set_active(
-            swap_store.save(policy_to_checkpoint(make_policy("node-set", swap_nodes, 64, seed=0)))
+            swap_store.save(stored(make_policy("node-set", swap_nodes, 64, seed=0)))
         )
         swap_body = json.dumps({
             "Pod": pod_body("swap-pod", {"bench": "swap"}, "500m"), "Nodes": None,
