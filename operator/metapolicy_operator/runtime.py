@@ -4,11 +4,11 @@ live policy controllers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import kubernetes
 
@@ -17,8 +17,15 @@ from metapolicy_operator.config import OperatorConfig
 from metapolicy_operator.metrics import Metrics
 from metapolicy_operator.recorder import Recorder
 
-if TYPE_CHECKING:
-    from metapolicy_operator.controller import PolicyController
+
+class PolicyLoop(Protocol):
+    """What the process-wide handlers need of a MetaPolicy's controller: wake it."""
+
+    wake: asyncio.Event
+
+    def nudge(self) -> None: ...
+
+    def observe(self, body: Mapping) -> None: ...
 
 
 @dataclass
@@ -29,7 +36,7 @@ class Runtime:
     pool: ProcessPoolExecutor
     workers: asyncio.Semaphore
     recorder: Recorder = field(default_factory=Recorder)
-    controllers: dict[str, PolicyController] = field(default_factory=dict)
+    controllers: dict[str, PolicyLoop] = field(default_factory=dict)
     node_digests: dict[str, tuple] = field(default_factory=dict)
 
     @property
