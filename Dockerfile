@@ -16,6 +16,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY model model
 COPY operator operator
+# operator/metapolicy_operator/crd/metapolicy.yaml links here: the package ships the CRD
+COPY crds crds
 RUN pip install . && rm -rf /src
 
 # Non-root, numeric (so runAsNonRoot can check it); the Deployment also runs it with a

@@ -1,61 +1,33 @@
 """MetaPolicy spec -> library settings, with the CRD's defaults and clear errors.
 
-A real API server applies the CRD's defaults and validation before the operator sees an
-object; the emulator does neither, and an old object may predate a schema change. So the
-operator applies the same defaults (a test keeps them equal to the CRD's) and re-checks what it
-relies on, naming the offending field.
+The CRD is the one place defaults and ranges are written: a real API server applies them
+before the operator sees an object, but an object may predate a schema change, so the operator
+applies the same schema itself (crd_schema: structural defaulting, pruning, then JSON Schema
+validation with `jsonschema`) and names the offending field. What the schema cannot say (a
+rule across fields, a device that must exist here) is checked below.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from metapolicy.adapt import ON_INCONCLUSIVE, AdaptationSettings
-from metapolicy.device import DEVICES, device_problem
+import jsonschema
+
+from metapolicy.adapt import AdaptationSettings
+from metapolicy.device import device_problem
 from metapolicy.policy import ARCHITECTURES
-from metapolicy.ppo import FREEZE_MODES
-from metapolicy.strategies import STRATEGIES
 from metapolicy.trace_files import FORMATS as TRACE_FILE_FORMATS
 from metapolicy.training import TrainingSettings
 from metapolicy.workload import InvalidWorkload, TaskClass, WorkloadSpec
+from metapolicy_operator import crd_schema
 
-DEFAULTS: dict[str, Any] = {
-    "maxNodes": 20,
-    "hiddenSize": 64,
-    "architecture": "node-set",
-    "strategy": "auto",
-    "paused": False,
-    "adaptation": {
-        "settleSeconds": 10,
-        "budgetSteps": 50_000,
-        "freeze": "gradual",
-        "maxAttempts": 3,
-        "backoffSeconds": 30,
-    },
-    "validation": {
-        "episodes": 16,
-        "minRetention": 0.9,
-        "onInconclusive": "pause",
-        "rollback": {"enabled": True},
-    },
-    "workload": {
-        "load": 0.6,
-        "burstFactor": 3.0,
-        "burstProbability": 0.02,
-        "burstLength": 20,
-        "episodeTasks": 256,
-        "source": "synthetic",
-        "minObservedTasks": 1000,
-        "recording": {"maxTasks": 50_000, "maxAgeSeconds": 604_800, "flushSeconds": 30},
-    },
-    # budgetSteps: by architecture (metapolicy.training.DEFAULT_STEPS)
-    "training": {"seed": 0, "backend": "inProcess", "device": "auto"},
-    "storage": {"backend": "configmap", "keepVersions": 5},
-    "serving": {"mode": "active"},
-}
+SPEC_SCHEMA = crd_schema.spec_schema()
+#: What an empty spec becomes: the CRD's defaults (budgetSteps has none: by architecture).
+DEFAULTS: dict[str, Any] = crd_schema.leaf_defaults(SPEC_SCHEMA)
 SERVING_MODES = ("active", "shadow", "off")
 
 
@@ -65,7 +37,7 @@ class InvalidSpec(ValueError):
 
 #: The CRD's maxNodes maximum: node-set trains and validates on sub-clusters whatever N is,
 #: and a 5,000-node checkpoint (hidden 64) fits one ConfigMap.
-MAX_NODES = 5_000
+MAX_NODES: int = SPEC_SCHEMA["properties"]["maxNodes"]["maximum"]
 
 
 WORKLOAD_SOURCES = ("synthetic", "trace", "observed")
@@ -124,20 +96,57 @@ class PolicySpec:
     training_job: TrainingJob = TrainingJob()
 
 
-def with_defaults(spec: Mapping | None, defaults: Mapping = DEFAULTS) -> dict:
-    """Defaults fill absent fields of objects that exist, recursively (API-server semantics)."""
-    merged = dict(spec or {})
-    for key, default in defaults.items():
-        if isinstance(default, Mapping):
-            value = merged.get(key)
-            if value is None:
-                value = {}
-            if not isinstance(value, Mapping):
-                raise InvalidSpec(f"spec.{key} must be an object, got {value!r}")
-            merged[key] = with_defaults(value, default)
-        elif merged.get(key) is None:
-            merged[key] = default
-    return merged
+def with_defaults(spec: Mapping | None) -> dict:
+    """The spec as the API server stores it: unknown fields pruned, defaults filled (absent
+    fields of objects that exist, recursively)."""
+    if spec is not None and not isinstance(spec, Mapping):
+        raise InvalidSpec(f"spec must be an object, got {spec!r}")
+    merged = copy.deepcopy(dict(spec or {}))
+    crd_schema.prune(merged, SPEC_SCHEMA)
+    return crd_schema.apply_defaults(merged, SPEC_SCHEMA)
+
+
+def check_schema(spec: Mapping) -> None:
+    """The first error against the CRD's schema (types, enums, ranges, patterns), if any."""
+    for where, value in _numbers(spec):
+        if not math.isfinite(value):
+            raise InvalidSpec(f"spec{where}={value!r} is not a number")
+    errors = crd_schema.schema_errors(spec, SPEC_SCHEMA)
+    if errors:
+        raise InvalidSpec(_message(errors[0]))
+
+
+def _numbers(value: Any, where: str = "") -> Iterator[tuple[str, float]]:
+    """Every float in the spec (JSON has no NaN, YAML and Python do; the schema's bounds let
+    NaN through, since no comparison with it is true)."""
+    if isinstance(value, float):
+        yield where, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _numbers(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _numbers(item, f"{where}[{i}]")
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """The schema error in words that name the field and the allowed values."""
+    where = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
+    value, rule = error.instance, error.schema
+    if error.validator in ("minimum", "maximum"):
+        low, high = rule.get("minimum", "-inf"), rule.get("maximum", "inf")
+        return f"{where}={value!r} is outside [{low}, {high}]"
+    if error.validator == "enum":
+        return f"{where}={value!r} is not one of {', '.join(map(str, rule['enum']))}"
+    if error.validator == "type" and rule.get("type") in ("integer", "number"):
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        problem = "must be a whole number" if is_number else "is not a number"
+        return f"{where}={value!r} {problem}"
+    if error.validator == "type" and rule.get("type") == "object":
+        what = "a label selector" if "matchLabels" in rule.get("properties", {}) else "an object"
+        return f"{where} must be {what}, got {value!r}"
+    shown = "" if isinstance(value, dict | list) else f"={value!r}"
+    return f"{where}{shown}: {error.message}"
 
 
 def _at(spec: Mapping, path: str) -> Any:
@@ -147,29 +156,10 @@ def _at(spec: Mapping, path: str) -> Any:
     return value
 
 
-def _number(spec: Mapping, path: str, low: float, high: float, integer: bool = False) -> Any:
+def _number(spec: Mapping, path: str, integer: bool = False) -> Any:
+    """A number the schema has already checked (type and range)."""
     value = _at(spec, path)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidSpec(f"spec.{path}={value!r} is not a number")
-    if integer and value != int(value):
-        raise InvalidSpec(f"spec.{path}={value!r} must be a whole number")
-    if not low <= value <= high:
-        raise InvalidSpec(f"spec.{path}={value!r} is outside [{low}, {high}]")
     return int(value) if integer else float(value)
-
-
-def _choice(spec: Mapping, path: str, options) -> str:
-    value = _at(spec, path)
-    if value not in options:
-        raise InvalidSpec(f"spec.{path}={value!r} is not one of {', '.join(options)}")
-    return value
-
-
-def _flag(spec: Mapping, path: str) -> bool:
-    value = _at(spec, path)
-    if not isinstance(value, bool):
-        raise InvalidSpec(f"spec.{path}={value!r} is not true or false")
-    return value
 
 
 def _task_classes(items) -> tuple[TaskClass, ...] | None:
@@ -197,17 +187,9 @@ def _range(value: Mapping | None, default: tuple[float, float]) -> tuple[float, 
 
 
 def _workload_source(spec: Mapping) -> WorkloadSource:
-    source = _choice(spec, "workload.source", WORKLOAD_SOURCES)
+    source = _at(spec, "workload.source")
     trace = spec["workload"].get("trace") or {}
-    if not isinstance(trace, Mapping):
-        raise InvalidSpec(f"spec.workload.trace must be an object, got {trace!r}")
     path, trace_format = trace.get("path"), trace.get("format") or "auto"
-    if path is not None and (not isinstance(path, str) or not path):
-        raise InvalidSpec(f"spec.workload.trace.path={path!r} is not a file path")
-    if trace_format not in TRACE_FORMATS:
-        raise InvalidSpec(
-            f"spec.workload.trace.format={trace_format!r} is not one of {', '.join(TRACE_FORMATS)}"
-        )
     if source == "trace" and not path:
         raise InvalidSpec("spec.workload.trace.path is required when spec.workload.source is trace")
     rec = "workload.recording."
@@ -215,21 +197,22 @@ def _workload_source(spec: Mapping) -> WorkloadSource:
         source=source,
         trace_path=path,
         trace_format=trace_format,
-        min_observed_tasks=_number(spec, "workload.minObservedTasks", 16, 1_000_000, True),
-        max_tasks=_number(spec, rec + "maxTasks", 100, 1_000_000, integer=True),
-        max_age_seconds=_number(spec, rec + "maxAgeSeconds", 3_600, 31_536_000, integer=True),
-        flush_seconds=_number(spec, rec + "flushSeconds", 1, 3_600, integer=True),
+        min_observed_tasks=_number(spec, "workload.minObservedTasks", integer=True),
+        max_tasks=_number(spec, rec + "maxTasks", integer=True),
+        max_age_seconds=_number(spec, rec + "maxAgeSeconds", integer=True),
+        flush_seconds=_number(spec, rec + "flushSeconds", integer=True),
     )
 
 
 def parse_spec(raw: Mapping | None) -> PolicySpec:
     """Validate and translate; raises InvalidSpec naming the first bad field."""
     spec = with_defaults(raw)
-    architecture = _choice(spec, "architecture", tuple(ARCHITECTURES))
-    strategy = _choice(spec, "strategy", ("auto", *STRATEGIES))
+    check_schema(spec)
+    architecture = _at(spec, "architecture")
+    strategy = _at(spec, "strategy")
     validation = spec["validation"]
-    freeze = _choice(spec, "adaptation.freeze", FREEZE_MODES)
-    max_nodes = _number(spec, "maxNodes", 1, MAX_NODES, integer=True)
+    freeze = _at(spec, "adaptation.freeze")
+    max_nodes = _number(spec, "maxNodes", integer=True)
     limit = ARCHITECTURES[architecture].max_slots
     if limit is not None and max_nodes > limit:
         raise InvalidSpec(
@@ -237,42 +220,32 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
             "supports (its input layer has a block per node); use architecture node-set for "
             f"bigger clusters, or maxNodes <= {limit}"
         )
-    hidden = _number(spec, "hiddenSize", 8, 1024, integer=True)
+    hidden = _number(spec, "hiddenSize", integer=True)
     w = spec["workload"]
     try:
         workload = WorkloadSpec(
-            load=_number(spec, "workload.load", 0.05, 3),
-            burst_factor=_number(spec, "workload.burstFactor", 1, 20),
-            burst_probability=_number(spec, "workload.burstProbability", 0, 1),
-            burst_length=_number(spec, "workload.burstLength", 1, 10_000, integer=True),
-            episode_tasks=_number(spec, "workload.episodeTasks", 16, 100_000, integer=True),
+            load=_number(spec, "workload.load"),
+            burst_factor=_number(spec, "workload.burstFactor"),
+            burst_probability=_number(spec, "workload.burstProbability"),
+            burst_length=_number(spec, "workload.burstLength", integer=True),
+            episode_tasks=_number(spec, "workload.episodeTasks", integer=True),
             **({"task_classes": c} if (c := _task_classes(w.get("taskClasses"))) else {}),
         )
     except InvalidWorkload as error:
         raise InvalidSpec(f"spec.workload: {error}") from error
-    seed = _number(spec, "training.seed", 0, 2**32 - 1, integer=True)
+    seed = _number(spec, "training.seed", integer=True)
     device = _device(spec)
     storage = spec["storage"]
-    backend = _choice(spec, "storage.backend", ("configmap", "filesystem"))
+    backend = _at(spec, "storage.backend")
     path = storage.get("path")
     if backend == "filesystem" and not path:
         raise InvalidSpec("spec.storage.path is required when spec.storage.backend is filesystem")
     if backend == "configmap" and path:
         raise InvalidSpec("spec.storage.path is only allowed with spec.storage.backend filesystem")
-    selector = spec.get("nodeSelector")
-    if selector is not None and not isinstance(selector, Mapping):
-        raise InvalidSpec(f"spec.nodeSelector must be a label selector, got {selector!r}")
-    pod_selector = spec.get("podSelector")
-    if pod_selector is not None and not isinstance(pod_selector, Mapping):
-        raise InvalidSpec(f"spec.podSelector must be a label selector, got {pod_selector!r}")
     namespaces = spec.get("namespaces")
-    if namespaces is not None and (
-        not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces)
-    ):
-        raise InvalidSpec(f"spec.namespaces must be a list of names, got {namespaces!r}")
     return PolicySpec(
-        selector=selector,
-        pod_selector=pod_selector,
+        selector=spec.get("nodeSelector"),
+        pod_selector=spec.get("podSelector"),
         namespaces=None if namespaces is None else tuple(namespaces),
         max_nodes=max_nodes,
         architecture=architecture,
@@ -282,37 +255,37 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
             steps=(
                 None
                 if spec["training"].get("budgetSteps") is None
-                else _number(spec, "training.budgetSteps", 1_000, 100_000_000, integer=True)
+                else _number(spec, "training.budgetSteps", integer=True)
             ),
             seed=seed,
-            episodes=_number(spec, "validation.episodes", 2, 1_000, integer=True),
+            episodes=_number(spec, "validation.episodes", integer=True),
             max_nodes=max_nodes,
             workload=workload,
             device=device,
         ),
         adaptation=AdaptationSettings(
             strategy=strategy,
-            budget_steps=_number(spec, "adaptation.budgetSteps", 0, 10_000_000, integer=True),
+            budget_steps=_number(spec, "adaptation.budgetSteps", integer=True),
             freeze=freeze,
-            episodes=_number(spec, "validation.episodes", 2, 1_000, integer=True),
-            min_retention=_number(spec, "validation.minRetention", 0, 2),
+            episodes=_number(spec, "validation.episodes", integer=True),
+            min_retention=_number(spec, "validation.minRetention"),
             rollback=bool(validation["rollback"]["enabled"]),
-            on_inconclusive=_choice(spec, "validation.onInconclusive", ON_INCONCLUSIVE),
+            on_inconclusive=_at(spec, "validation.onInconclusive"),
             max_nodes=max_nodes,
             seed=seed,
             workload=workload,
             device=device,
         ),
-        settle_seconds=_number(spec, "adaptation.settleSeconds", 0, 3_600),
-        max_attempts=_number(spec, "adaptation.maxAttempts", 1, 10, integer=True),
-        backoff_seconds=_number(spec, "adaptation.backoffSeconds", 0, 86_400),
+        settle_seconds=_number(spec, "adaptation.settleSeconds"),
+        max_attempts=_number(spec, "adaptation.maxAttempts", integer=True),
+        backoff_seconds=_number(spec, "adaptation.backoffSeconds"),
         storage_backend=backend,
         storage_path=path,
-        keep_versions=_number(spec, "storage.keepVersions", 1, 100, integer=True),
+        keep_versions=_number(spec, "storage.keepVersions", integer=True),
         workload_source=_workload_source(spec),
-        serving_mode=_choice(spec, "serving.mode", SERVING_MODES),
-        paused=_flag(spec, "paused"),
-        training_backend=_choice(spec, "training.backend", TRAINING_BACKENDS),
+        serving_mode=_at(spec, "serving.mode"),
+        paused=_at(spec, "paused"),
+        training_backend=_at(spec, "training.backend"),
         training_job=_training_job(spec["training"].get("job") or {}),
     )
 
@@ -320,7 +293,7 @@ def parse_spec(raw: Mapping | None) -> PolicySpec:
 def _device(spec: Mapping) -> str:
     """spec.training.device; `cuda` must exist where training runs: here, unless a Job
     trains (its pod checks at start, and says so in the Job's result)."""
-    device = _choice(spec, "training.device", DEVICES)
+    device = _at(spec, "training.device")
     if spec["training"].get("backend") != "job":
         problem = device_problem(device, "spec.training.device")
         if problem is not None:
@@ -329,20 +302,10 @@ def _device(spec: Mapping) -> str:
 
 
 def _training_job(job: Mapping) -> TrainingJob:
-    if not isinstance(job, Mapping):
-        raise InvalidSpec(f"spec.training.job must be an object, got {job!r}")
-    deadline = job.get("deadlineSeconds", TrainingJob.deadline_seconds)
-    if isinstance(deadline, bool) or not isinstance(deadline, int) or not 60 <= deadline <= 604_800:
-        raise InvalidSpec(f"spec.training.job.deadlineSeconds={deadline!r} is outside [60, 604800]")
-    for key in ("resources", "nodeSelector"):
-        if not isinstance(job.get(key) or {}, Mapping):
-            raise InvalidSpec(f"spec.training.job.{key} must be an object")
-    if not isinstance(job.get("tolerations") or [], list):
-        raise InvalidSpec("spec.training.job.tolerations must be a list")
     return TrainingJob(
         image=job.get("image") or None,
         service_account=job.get("serviceAccountName") or TrainingJob.service_account,
-        deadline_seconds=deadline,
+        deadline_seconds=job.get("deadlineSeconds", TrainingJob.deadline_seconds),
         resources=dict(job.get("resources") or {}),
         node_selector=dict(job.get("nodeSelector") or {}),
         tolerations=tuple(job.get("tolerations") or ()),

@@ -58,3 +58,19 @@ def test_context_holds_what_the_build_reads():
     needed = {"pyproject.toml", project["project"]["readme"]}
     needed |= {path.split("/")[0] for path in project["tool"]["setuptools"]["package-dir"].values()}
     assert needed <= copied, f"the package build needs {needed - copied}"
+
+
+def test_the_package_lists_every_subpackage_and_ships_the_crd():
+    """A non-editable install (the image) gets only what pyproject names: a package missing
+    there works in development and fails in the cluster."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    found = set()
+    for name, folder in setuptools["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *parts)))
+    assert found == set(setuptools["packages"])
+    crd = ROOT / "operator" / "metapolicy_operator" / "crd" / "metapolicy.yaml"
+    assert crd.resolve() == (ROOT / "crds" / "metapolicy.yaml").resolve()
+    assert setuptools["package-data"]["metapolicy_operator"] == ["crd/*.yaml"]

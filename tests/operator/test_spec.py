@@ -115,3 +115,34 @@ def test_cuda_without_a_gpu_is_an_invalid_spec_unless_a_job_trains(monkeypatch):
     assert job.training.device == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert parse_spec({"training": {"device": "cuda"}}).training.device == "cuda"
+
+
+def test_the_librarys_own_defaults_are_the_crds():
+    """The library (and the command line, which reads them from the library's settings) keep
+    defaults of their own for use without Kubernetes: they must be the CRD's."""
+    from metapolicy.adapt import AdaptationSettings
+    from metapolicy.training import TrainingSettings
+    from metapolicy.workload import WorkloadSpec
+
+    adaptation, training, workload = AdaptationSettings(), TrainingSettings(), WorkloadSpec()
+    crd = DEFAULTS
+    assert (
+        adaptation.strategy, adaptation.budget_steps, adaptation.freeze, adaptation.episodes,
+        adaptation.min_retention, adaptation.on_inconclusive, adaptation.rollback,
+        adaptation.max_nodes, adaptation.seed,
+    ) == (
+        crd["strategy"], crd["adaptation"]["budgetSteps"], crd["adaptation"]["freeze"],
+        crd["validation"]["episodes"], crd["validation"]["minRetention"],
+        crd["validation"]["onInconclusive"], crd["validation"]["rollback"]["enabled"],
+        crd["maxNodes"], crd["training"]["seed"],
+    )  # fmt: skip
+    assert (training.architecture, training.hidden, training.max_nodes, training.device) == (
+        crd["architecture"], crd["hiddenSize"], crd["maxNodes"], crd["training"]["device"]
+    )  # fmt: skip
+    w = crd["workload"]
+    assert (
+        workload.load, workload.burst_factor, workload.burst_probability, workload.burst_length,
+        workload.episode_tasks,
+    ) == (
+        w["load"], w["burstFactor"], w["burstProbability"], w["burstLength"], w["episodeTasks"],
+    )  # fmt: skip
