@@ -24,6 +24,8 @@ from metapolicy.cluster import (
     make_cluster,
     resize_cluster,
 )
+from metapolicy.device import DEVICES, DeviceUnavailable
+from metapolicy.policy import check_capacity
 from metapolicy.ppo import FREEZE_MODES
 from metapolicy.store import CheckpointError, FilesystemStore
 from metapolicy.strategies import ESCALATION, STRATEGIES, choose_strategy
@@ -37,7 +39,21 @@ from metapolicy_operator.main import add_arguments
 from metapolicy_operator.serving.command import add_arguments as serve_arguments
 
 #: What a user's input can get wrong: the command ends with one line on stderr and exit code 2.
-USER_ERRORS = (BadInput, InvalidNodeProfile, TooManyNodes, InvalidWorkload, CheckpointError)
+USER_ERRORS = (
+    BadInput,
+    InvalidNodeProfile,
+    TooManyNodes,
+    InvalidWorkload,
+    CheckpointError,
+    DeviceUnavailable,
+)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
 
 
 def load_nodes(args: argparse.Namespace) -> list[NodeProfile]:
@@ -77,6 +93,15 @@ def removed_nodes(known: list[NodeProfile], remove: list[str]) -> list[NodeProfi
     return resize_cluster(known, -len(remove), remove=remove)
 
 
+def within_limits(nodes: list[NodeProfile], max_nodes: int, architecture: str) -> None:
+    """Refuse a node set before any progress line is printed, saying which flag helps."""
+    check_capacity(architecture, len(nodes))
+    try:
+        check_node_set(nodes, max_nodes)
+    except TooManyNodes as error:
+        raise TooManyNodes(f"{error}; raise it with --max-nodes") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     nodes = load_nodes(args)
     settings = TrainingSettings(
@@ -84,8 +109,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         hidden=args.hidden,
         steps=args.steps,
         seed=args.seed,
+        max_nodes=args.max_nodes,
+        device=args.device,
         workload=cli_evaluate.workload_from_args(args),
     )
+    within_limits(nodes, settings.max_nodes, settings.architecture)
     bar = progress("train")
     result = train_initial(nodes, settings, lambda f: bar("ppo", f))
     store = FilesystemStore(args.store)
@@ -123,9 +151,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         on_inconclusive=args.on_inconclusive,
         max_nodes=args.max_nodes,
         seed=args.seed,
+        device=args.device,
         workload=cli_evaluate.workload_from_args(args),
     )
-    check_node_set(new_nodes, settings.max_nodes)  # before any progress line is printed
+    within_limits(new_nodes, settings.max_nodes, backup.architecture)
     started = time.perf_counter()
     rows, served = [], {}
 
@@ -222,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metapolicy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def scale_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--max-nodes",
+            type=positive,
+            default=20,
+            help="refuse more nodes than this (spec.maxNodes; node-set: up to 5000, slot-mlp 256)",
+        )
+        p.add_argument(
+            "--device",
+            choices=DEVICES,
+            default="auto",
+            help="where the policy trains (auto: a CUDA GPU when torch sees one, else the CPU)",
+        )
+
     def cluster_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--nodes", type=int, default=8, help="generated cluster size")
         p.add_argument("--nodes-file", help="YAML list of {name, cpu, memory_mib, latency_ms}")
@@ -234,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--steps", type=int, help="default: 300000 for node-set, 1000000 for slot-mlp")
     p.add_argument("--seed", type=int, default=0)
+    scale_args(p)
     cli_evaluate.add_workload_arguments(p)
     p.set_defaults(func=cmd_train)
 
@@ -253,9 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="pause",
         help="when the retention interval straddles --min-retention (pause: store, keep serving)",
     )
-    p.add_argument("--json", action="store_true", help="print the final adaptation record")
-    p.add_argument("--max-nodes", type=int, default=20)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final adaptation record (time_to_serve, adaptation_time, ...)",
+    )
     p.add_argument("--seed", type=int, default=0)
+    scale_args(p)
     cli_evaluate.add_workload_arguments(p)
     p.set_defaults(func=cmd_adapt)
     cli_evaluate.register(sub)
