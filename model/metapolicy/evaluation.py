@@ -8,12 +8,13 @@ random (0) and the best heuristic on that cluster (1); above 1 it beats every he
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 
 from metapolicy.baselines import HEURISTICS, Agent, make_random
 from metapolicy.cluster import NodeProfile
+from metapolicy.features import Observation
 from metapolicy.sim import PlacementSim
 from metapolicy.traces import VALIDATION_SEED_BASE, Workload
 
@@ -40,8 +41,36 @@ def episode_stats(
     seeds: Sequence[int],
 ) -> EpisodeStats:
     """One episode per seed, all stepped as one batch: returns, cost per task, rejections."""
-    sim = PlacementSim(nodes, workload, batch=len(seeds))
-    obs = sim.reset(list(seeds))
+    return _played(agent, PlacementSim(nodes, workload, batch=len(seeds)), list(seeds))
+
+
+def episode_stats_together(
+    agents: Mapping[str, Agent],
+    nodes: Sequence[NodeProfile],
+    workload: Workload | None,
+    seeds: Sequence[int],
+) -> dict[str, EpisodeStats]:
+    """`episode_stats` of several agents in one simulator batch: agent i plays rows
+    i*E..(i+1)*E-1, on the same E seeds. Only for agents that decide each episode from that
+    episode alone (the heuristics; not `make_random`, whose draws depend on the batch): then
+    every row plays exactly as in a batch of its own, and one batch costs far fewer numpy calls
+    than one per agent."""
+    names, count = list(agents), len(seeds)
+
+    def act(sim: PlacementSim, obs: Observation) -> np.ndarray:
+        chosen = [np.asarray(agents[name](sim, obs), np.int64) for name in names]
+        return np.concatenate([c[i * count : (i + 1) * count] for i, c in enumerate(chosen)])
+
+    sim = PlacementSim(nodes, workload, batch=count * len(names))
+    stats = _played(act, sim, list(seeds) * len(names))
+    return {
+        name: EpisodeStats(*(a[i * count : (i + 1) * count] for a in astuple(stats)))
+        for i, name in enumerate(names)
+    }
+
+
+def _played(agent: Agent, sim: PlacementSim, seeds: list[int]) -> EpisodeStats:
+    obs = sim.reset(seeds)
     rows = np.arange(len(seeds))
     total, cost_sum, rejected = np.zeros(len(seeds)), np.zeros(len(seeds)), np.zeros(len(seeds))
     done = False
@@ -96,8 +125,7 @@ def reference_stats(
 ) -> tuple[Reference, dict[str, EpisodeStats]]:
     """The reference and every heuristic's (and random's) full episode stats, one pass each."""
     stats = {"random": episode_stats(make_random(seeds[0]), nodes, workload, seeds)}
-    for name, agent in HEURISTICS.items():
-        stats[name] = episode_stats(agent, nodes, workload, seeds)
+    stats |= episode_stats_together(HEURISTICS, nodes, workload, seeds)
     ref = Reference(
         random=stats["random"].returns,
         heuristics={name: stats[name].returns for name in HEURISTICS},

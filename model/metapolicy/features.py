@@ -254,13 +254,18 @@ def pod_summary(state: ClusterState, now: np.ndarray) -> np.ndarray:
     cells = batch * size
     node_cpu = np.broadcast_to(state.cpu, (batch, size)).reshape(-1)
     out = np.zeros((cells, 4))
+    # Only pods holding cpu add anything; skipping the simulator's empty slots (most of them)
+    # leaves every per-node sum bit for bit the same (x + 0.0 == x), at a fraction of the cost.
+    live = np.flatnonzero(state.pod_cpu)
+    pod_node, pod_cpu = state.pod_node[live], state.pod_cpu[live]
+    pod_qos = state.pod_qos[live]
     for k in range(len(QOS_CLASSES)):
-        weights = np.where(state.pod_qos == k, state.pod_cpu, 0.0)
-        out[:, k] = np.bincount(state.pod_node, weights, cells) / node_cpu
-    held = np.bincount(state.pod_node, state.pod_cpu, cells)
-    pod_now = now[state.pod_node // size]
-    log_age = np.log1p(np.maximum(pod_now - state.pod_start, 0.0)) / AGE_LOG_REF
-    weighted = np.bincount(state.pod_node, state.pod_cpu * log_age, cells)
+        weights = np.where(pod_qos == k, pod_cpu, 0.0)
+        out[:, k] = np.bincount(pod_node, weights, cells) / node_cpu
+    held = np.bincount(pod_node, pod_cpu, cells)
+    pod_now = now[pod_node // size]
+    log_age = np.log1p(np.maximum(pod_now - state.pod_start[live], 0.0)) / AGE_LOG_REF
+    weighted = np.bincount(pod_node, pod_cpu * log_age, cells)
     out[:, 3] = np.divide(weighted, held, out=np.zeros(cells), where=held > 0)
     return out.reshape(batch, size, 4)
 

@@ -218,6 +218,8 @@ class PlacementSim:
 
     def _observe(self) -> Observation:
         state, pods = self.scheduler_view()
-        obs = features.observe(state, pods, self._where())
+        if self._placement is None:  # one scheduler view per decision, not two
+            self._placement = features.placement(state, pods)
+        obs = features.observe(state, pods, self._placement)
         obs.members = self.members
         return obs

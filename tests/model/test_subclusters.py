@@ -8,7 +8,12 @@ from metapolicy import ppo
 from metapolicy.adapt import AdaptationSettings, validate, zero_shot
 from metapolicy.baselines import HEURISTICS, make_random
 from metapolicy.cluster import make_cluster, resize_cluster
-from metapolicy.evaluation import episode_returns, evaluation_seeds
+from metapolicy.evaluation import (
+    episode_returns,
+    episode_stats,
+    episode_stats_together,
+    evaluation_seeds,
+)
 from metapolicy.features import NODE_FEATURES
 from metapolicy.policy import make_policy
 from metapolicy.ppo import PPOSettings, train
@@ -192,3 +197,14 @@ def test_validation_pairs_candidate_and_masked_backup_on_the_same_sub_clusters(b
     np.testing.assert_array_equal(
         v.candidate_new, episode_returns(backup.agent(), SubClusters(big, 16), workload, seeds)
     )
+
+
+@pytest.mark.parametrize("size", [None, 16])
+def test_heuristics_played_together_play_exactly_as_alone(big, workload, size):
+    view = sampled(big, size)
+    seeds = evaluation_seeds(3)
+    together = episode_stats_together(HEURISTICS, view, workload, seeds)
+    for name, agent in HEURISTICS.items():
+        alone = episode_stats(agent, view, workload, seeds)
+        np.testing.assert_array_equal(together[name].returns, alone.returns)
+        np.testing.assert_array_equal(together[name].reject_rate, alone.reject_rate)
