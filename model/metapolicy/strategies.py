@@ -152,7 +152,8 @@ def resize(policy: SlotPolicy, new_nodes: Sequence[NodeProfile], strategy: str) 
     old = policy.nodes
     by_name = {n.name: n for n in new_nodes}
     keep = [i for i, n in enumerate(old) if n.name in by_name]
-    added = [n for n in new_nodes if n.name not in {o.name for o in old}]
+    old_names = {o.name for o in old}
+    added = [n for n in new_nodes if n.name not in old_names]
     ordered = [by_name[old[i].name] for i in keep] + added
     resized = type(policy)(ordered, policy.hidden)
     state = copy.deepcopy(policy.state_dict())
