@@ -59,6 +59,7 @@ class TrainingResult:
     # (steps, training seconds, mean return on the selection seeds); empty without selection
     curve: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
     teacher: str | None = None  # the heuristic imitated before PPO, if any
+    warm_start_seconds: float = 0.0  # of `seconds`: deciding on and running the imitation
 
     def record(self) -> AdaptationRecord:
         return AdaptationRecord(
@@ -106,4 +107,6 @@ def train_initial(
     score = ref.score(episode_returns(policy.agent(), view, s.workload, seeds))
     curve = [] if best is None else best.curve
     seconds = stats.seconds + warm_seconds
-    return TrainingResult(policy, score, ref.best, seconds, stats.steps, curve, teacher)
+    return TrainingResult(
+        policy, score, ref.best, seconds, stats.steps, curve, teacher, warm_seconds
+    )
