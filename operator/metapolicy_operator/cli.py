@@ -25,12 +25,12 @@ from metapolicy.cluster import (
     resize_cluster,
 )
 from metapolicy.device import DEVICES, DeviceUnavailable
-from metapolicy.policy import check_capacity
+from metapolicy.policy import ARCHITECTURES, check_capacity
 from metapolicy.ppo import FREEZE_MODES
 from metapolicy.store import CheckpointError, FilesystemStore
 from metapolicy.strategies import ESCALATION, STRATEGIES, choose_strategy
 from metapolicy.timeline import progress, render
-from metapolicy.training import TrainingSettings, train_initial
+from metapolicy.training import DEFAULT_STEPS, TrainingSettings, train_initial
 from metapolicy.workload import InvalidWorkload
 from metapolicy_operator import cli_evaluate
 from metapolicy_operator.cli_evaluate import BadInput
@@ -250,18 +250,20 @@ def cmd_job(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metapolicy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    # The library's defaults, which a test keeps equal to the CRD's: written once.
+    trained, adapted = TrainingSettings(), AdaptationSettings()
 
     def scale_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--max-nodes",
             type=positive,
-            default=20,
+            default=adapted.max_nodes,
             help="refuse more nodes than this (spec.maxNodes; node-set: up to 5000, slot-mlp 256)",
         )
         p.add_argument(
             "--device",
             choices=DEVICES,
-            default="auto",
+            default=adapted.device,
             help="where the policy trains (auto: a CUDA GPU when torch sees one, else the CPU)",
         )
 
@@ -273,10 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a fresh policy and store it as the active version")
     cluster_args(p)
     p.add_argument("--store", required=True, help="checkpoint directory")
-    p.add_argument("--architecture", choices=["node-set", "slot-mlp"], default="node-set")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--steps", type=int, help="default: 300000 for node-set, 1000000 for slot-mlp")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--architecture", choices=list(ARCHITECTURES), default=trained.architecture)
+    p.add_argument("--hidden", type=int, default=trained.hidden)
+    steps = ", ".join(f"{n} for {arch}" for arch, n in DEFAULT_STEPS.items())
+    p.add_argument("--steps", type=int, help=f"default: {steps}")
+    p.add_argument("--seed", type=int, default=trained.seed)
     scale_args(p)
     cli_evaluate.add_workload_arguments(p)
     p.set_defaults(func=cmd_train)
@@ -286,15 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True)
     p.add_argument("--add", type=int, default=0, help="add this many generated nodes")
     p.add_argument("--remove", nargs="*", default=[], help="remove these nodes by name")
-    p.add_argument("--strategy", choices=["auto", *STRATEGIES], default="auto")
-    p.add_argument("--budget", type=int, default=50_000, help="fine-tune environment steps")
-    p.add_argument("--freeze", choices=FREEZE_MODES, default="gradual")
-    p.add_argument("--episodes", type=int, default=16)
-    p.add_argument("--min-retention", type=float, default=0.9)
+    p.add_argument("--strategy", choices=["auto", *STRATEGIES], default=adapted.strategy)
+    p.add_argument(
+        "--budget", type=int, default=adapted.budget_steps, help="fine-tune environment steps"
+    )
+    p.add_argument("--freeze", choices=FREEZE_MODES, default=adapted.freeze)
+    p.add_argument("--episodes", type=int, default=adapted.episodes)
+    p.add_argument("--min-retention", type=float, default=adapted.min_retention)
     p.add_argument(
         "--on-inconclusive",
         choices=ON_INCONCLUSIVE,
-        default="pause",
+        default=adapted.on_inconclusive,
         help="when the retention interval straddles --min-retention (pause: store, keep serving)",
     )
     p.add_argument(
@@ -302,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the final adaptation record (time_to_serve, adaptation_time, ...)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=adapted.seed)
     scale_args(p)
     cli_evaluate.add_workload_arguments(p)
     p.set_defaults(func=cmd_adapt)
