@@ -36,7 +36,7 @@ from metapolicy.evaluation import (
     Retention,
     episode_returns,
     evaluation_seeds,
-    reference,
+    reference_stats,
     retention,
 )
 from metapolicy.policy import SlotPolicy, check_capacity
@@ -106,14 +106,16 @@ def validate(
     size = subcluster if candidate.scores_subsets else None
     new_nodes, old_nodes = sampled(candidate.nodes, size), sampled(backup.nodes, size)
     overlap = set(backup.slot_names) & set(candidate.slot_names)
+    # Two simulator batches, one per cluster, each with the reference heuristics in it.
+    on_new = {"candidate": candidate.agent()} | ({"masked": backup.agent()} if overlap else {})
+    reference_new, new = reference_stats(new_nodes, workload, seeds, on_new)
+    reference_old, old = reference_stats(old_nodes, workload, seeds, {"backup": backup.agent()})
     return Validation(
-        candidate_new=episode_returns(candidate.agent(), new_nodes, workload, seeds),
-        backup_old=episode_returns(backup.agent(), old_nodes, workload, seeds),
-        backup_masked=(
-            episode_returns(backup.agent(), new_nodes, workload, seeds) if overlap else None
-        ),
-        reference_new=reference(new_nodes, workload, seeds),
-        reference_old=reference(old_nodes, workload, seeds),
+        candidate_new=new["candidate"].returns,
+        backup_old=old["backup"].returns,
+        backup_masked=new["masked"].returns if overlap else None,
+        reference_new=reference_new,
+        reference_old=reference_old,
     )
 
 

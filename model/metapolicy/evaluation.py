@@ -7,7 +7,7 @@ random (0) and the best heuristic on that cluster (1); above 1 it beats every he
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import astuple, dataclass
 
 import numpy as np
@@ -49,17 +49,27 @@ def episode_stats_together(
     nodes: Sequence[NodeProfile],
     workload: Workload | None,
     seeds: Sequence[int],
+    whole: Collection[str] = (),
 ) -> dict[str, EpisodeStats]:
     """`episode_stats` of several agents in one simulator batch: agent i plays rows
-    i*E..(i+1)*E-1, on the same E seeds. Only for agents that decide each episode from that
-    episode alone (the heuristics; not `make_random`, whose draws depend on the batch): then
-    every row plays exactly as in a batch of its own, and one batch costs far fewer numpy calls
-    than one per agent."""
+    i*E..(i+1)*E-1, on the same E seeds. The simulator and the observation work row by row, so
+    every episode plays exactly as in a batch of its own, and one batch costs far fewer numpy
+    calls than one per agent.
+
+    Agents named in `whole` read the simulator, which holds every row (the heuristics): they
+    answer for the whole batch and their rows are taken. The others (policies, `make_random`)
+    are shown only their rows of each observation, so they draw and compute exactly as alone."""
     names, count = list(agents), len(seeds)
 
     def act(sim: PlacementSim, obs: Observation) -> np.ndarray:
-        chosen = [np.asarray(agents[name](sim, obs), np.int64) for name in names]
-        return np.concatenate([c[i * count : (i + 1) * count] for i, c in enumerate(chosen)])
+        chosen = []
+        for i, name in enumerate(names):
+            rows = slice(i * count, (i + 1) * count)
+            if name in whole:
+                chosen.append(np.asarray(agents[name](sim, obs), np.int64)[rows])
+            else:
+                chosen.append(np.asarray(agents[name](sim, _rows(obs, rows)), np.int64))
+        return np.concatenate(chosen)
 
     sim = PlacementSim(nodes, workload, batch=count * len(names))
     stats = _played(act, sim, list(seeds) * len(names))
@@ -67,6 +77,11 @@ def episode_stats_together(
         name: EpisodeStats(*(a[i * count : (i + 1) * count] for a in astuple(stats)))
         for i, name in enumerate(names)
     }
+
+
+def _rows(obs: Observation, rows: slice) -> Observation:
+    members = None if obs.members is None else obs.members[rows]
+    return Observation(obs.nodes[rows], obs.task[rows], obs.mask[rows], members)
 
 
 def _played(agent: Agent, sim: PlacementSim, seeds: list[int]) -> EpisodeStats:
@@ -121,11 +136,18 @@ def reference(
 
 
 def reference_stats(
-    nodes: Sequence[NodeProfile], workload: Workload | None, seeds: Sequence[int]
+    nodes: Sequence[NodeProfile],
+    workload: Workload | None,
+    seeds: Sequence[int],
+    agents: Mapping[str, Agent] | None = None,
 ) -> tuple[Reference, dict[str, EpisodeStats]]:
-    """The reference and every heuristic's (and random's) full episode stats, one pass each."""
-    stats = {"random": episode_stats(make_random(seeds[0]), nodes, workload, seeds)}
-    stats |= episode_stats_together(HEURISTICS, nodes, workload, seeds)
+    """The reference and every heuristic's (and random's) full episode stats, all played in
+    one batch, together with `agents` if given (their stats under their own names)."""
+    extra = dict(agents or {})
+    if clash := set(extra) & {"random", *HEURISTICS}:
+        raise ValueError(f"agent names {sorted(clash)} are taken by the reference")
+    everyone = {**extra, "random": make_random(seeds[0]), **HEURISTICS}
+    stats = episode_stats_together(everyone, nodes, workload, seeds, whole=HEURISTICS)
     ref = Reference(
         random=stats["random"].returns,
         heuristics={name: stats[name].returns for name in HEURISTICS},

@@ -23,6 +23,10 @@ from metapolicy.features import PRESSURE_WINDOW, REWARD_SCALE, Observation, reje
 from metapolicy.subclusters import SubClusters
 from metapolicy.traces import TaskBatch, Workload, task_source
 
+# Pod slots per node at the start of an episode: a multiple of 8 (numpy sums 8 lanes at a time,
+# so sums over slots come out bit for bit as over all of them), doubled as nodes fill up.
+_FIRST_SLOTS = 16
+
 
 class PlacementSim:
     """`batch` independent episodes on the same cluster, stepped together.
@@ -62,8 +66,6 @@ class PlacementSim:
         self._whole = (self.cpu, self.memory, self.latency, self.available)
         self.slots = slots_per_node
         self._placement: features.Placement | None = None
-        # pod b*N*S + n*S + s of the flattened slot arrays sits on cell b*N + n
-        self._slot_cell = np.repeat(np.arange(batch * self.size), slots_per_node)
 
     @property
     def size(self) -> int:
@@ -84,7 +86,9 @@ class PlacementSim:
             raise ValueError(f"need {self.batch} seeds, got {len(seeds)}")
         self.seeds = list(seeds)
         capacity, largest = self._draw_subclusters(members)
-        shape = (self.batch, self.size, self.slots)
+        # Pod slots per node grow on demand up to `slots` (see `_make_room`): most nodes hold a
+        # few pods, and every per-step operation runs over all slots.
+        shape = (self.batch, self.size, min(_FIRST_SLOTS, self.slots))
         self.end = np.zeros(shape)  # true end times: dynamics only, never observed
         self.start = np.zeros(shape)
         self.held_cpu, self.held_memory = np.zeros(shape), np.zeros(shape)
@@ -142,8 +146,8 @@ class PlacementSim:
             available=self.available,
             requested_cpu=self.used_cpu,
             requested_memory=self.used_memory,
-            has_room=(self.held_cpu == 0).any(-1),
-            pod_node=self._slot_cell,
+            has_room=self._has_room(),
+            pod_node=self._cells(),
             pod_cpu=self.held_cpu.reshape(-1),
             pod_start=self.start.reshape(-1),
             pod_qos=self.held_qos.reshape(-1),
@@ -187,6 +191,7 @@ class PlacementSim:
         placed = np.flatnonzero(fits)
         if placed.size:
             nodes = actions[placed]
+            self._make_room(placed, nodes)
             slot = np.argmax(self.held_cpu[placed, nodes] == 0, axis=-1)
             self.end[placed, nodes, slot] = self.now[placed] + duration[placed]
             self.start[placed, nodes, slot] = self.now[placed]
@@ -203,6 +208,36 @@ class PlacementSim:
         else:
             self._release_finished()
         return self._observe(), -cost / REWARD_SCALE, done, cost
+
+    # ----- pod slots ----------------------------------------------------------------------------
+    def _cells(self) -> np.ndarray:
+        """Pod b*N*S + n*S + s of the flattened slot arrays sits on cell b*N + n (kept until
+        the slot arrays change shape, whoever changed them)."""
+        if getattr(self, "_slot_cell", np.zeros(0)).size != self.held_cpu.size:
+            self._slot_cell = np.repeat(np.arange(self.batch * self.size), self.held_cpu.shape[-1])
+        return self._slot_cell
+
+    def _has_room(self) -> np.ndarray:
+        """(batch, size): room for one more pod, as if every node had all `slots` slots."""
+        if self.held_cpu.shape[-1] < self.slots:  # fewer pods than that on every node
+            return np.ones(self.used_cpu.shape, bool)
+        return (self.held_cpu == 0).any(-1)
+
+    def _make_room(self, rows: np.ndarray, nodes: np.ndarray) -> None:
+        """Add empty slots (doubling, up to `slots`) when a node about to get a pod has none
+        free. Slots keep their places, so pods sit and are summed as with all slots up front."""
+        while (self.held_cpu[rows, nodes] != 0).all(-1).any():
+            have = self.held_cpu.shape[-1]
+            more = min(2 * have, self.slots) - have
+            if more <= 0:
+                return
+            pad = ((0, 0), (0, 0), (0, more))
+            self.end, self.start = np.pad(self.end, pad), np.pad(self.start, pad)
+            self.held_cpu, self.held_memory = (
+                np.pad(self.held_cpu, pad),
+                np.pad(self.held_memory, pad),
+            )
+            self.held_qos = np.pad(self.held_qos, pad)
 
     def _release_finished(self) -> None:
         finished = (self.end <= self.now[:, None, None]) & (self.held_cpu > 0)

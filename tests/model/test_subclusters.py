@@ -203,7 +203,7 @@ def test_validation_pairs_candidate_and_masked_backup_on_the_same_sub_clusters(b
 def test_heuristics_played_together_play_exactly_as_alone(big, workload, size):
     view = sampled(big, size)
     seeds = evaluation_seeds(3)
-    together = episode_stats_together(HEURISTICS, view, workload, seeds)
+    together = episode_stats_together(HEURISTICS, view, workload, seeds, whole=HEURISTICS)
     for name, agent in HEURISTICS.items():
         alone = episode_stats(agent, view, workload, seeds)
         np.testing.assert_array_equal(together[name].returns, alone.returns)
