@@ -35,7 +35,7 @@ demo: install            # embedded cluster + operator as processes, a scenario,
 demo-offline: install    # the same pipeline without Kubernetes
 	$(VENV)/bin/metapolicy demo
 
-BENCHMARKS := retention latency reaction storm decision workloads serving
+BENCHMARKS := retention latency reaction storm decision workloads serving scale
 
 bench: install          # every benchmark, quick versions (README's tables; under 15 min on 2 cores)
 	$(PY) -m pip install --quiet -e '.[bench]'
