@@ -64,3 +64,27 @@ def test_cpu_training_leaves_the_policy_on_the_cpu(no_gpu, workload):
     stage = zero_shot(result.policy, resize_cluster(nodes, 1), adapt)
     trained = train_candidate(result.policy, stage.record, stage.candidate.nodes, adapt)
     assert isinstance(trained, Trained) and trained.candidate.device == torch.device("cpu")
+
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
+def test_the_whole_path_on_a_device(workload, device):
+    """PPO, selection and distillation on sub-clusters, on the device (the GPU
+    where torch sees one, never in CI), handing back a CPU policy that stores and serves."""
+    nodes = make_cluster(40, seed=2)
+    settings = TrainingSettings(
+        steps=2048, hidden=16, device=device, max_nodes=60, subcluster=16, workload=workload,
+        select_episodes=2, episodes=2, imitate_below=0,
+    )  # fmt: skip
+    result = train_initial(nodes, settings)
+    assert result.policy.device == torch.device("cpu")
+    adapt = AdaptationSettings(
+        budget_steps=2048, episodes=2, device=device, max_nodes=60, subcluster=16,
+        strategy="knowledge_distillation", distill_steps=256, workload=workload,
+    )  # fmt: skip
+    stage = zero_shot(result.policy, resize_cluster(nodes, 3), adapt)
+    trained = train_candidate(result.policy, stage.record, stage.candidate.nodes, adapt)
+    assert trained.candidate.device == torch.device("cpu")
+    assert result.policy.device == torch.device("cpu")

@@ -15,6 +15,7 @@ from metapolicy.evaluation import (
     evaluation_seeds,
 )
 from metapolicy.features import NODE_FEATURES
+from metapolicy.imitation import ImitationSettings, imitate
 from metapolicy.policy import make_policy
 from metapolicy.ppo import PPOSettings, train
 from metapolicy.sim import PlacementSim
@@ -208,3 +209,23 @@ def test_heuristics_played_together_play_exactly_as_alone(big, workload, size):
         alone = episode_stats(agent, view, workload, seeds)
         np.testing.assert_array_equal(together[name].returns, alone.returns)
         np.testing.assert_array_equal(together[name].reject_rate, alone.reject_rate)
+
+
+def test_imitation_learns_the_teacher_on_sub_clusters(big, workload):
+    policy = make_policy("node-set", big, hidden=16)
+    sub = SubClusters(big, 16)
+    teacher = HEURISTICS["least_loaded"]
+
+    def agreement() -> float:
+        sim = PlacementSim(sub, workload, batch=8)
+        obs, done, same = sim.reset(list(range(50, 58))), False, []
+        while not done:
+            label = teacher(sim, obs)
+            same.append(policy.act(obs, sim.names) == label)
+            obs, _, done, _ = sim.step(label)
+        return float(np.mean(same))
+
+    before = agreement()
+    settings = ImitationSettings(teacher="least_loaded", steps=8192, envs=8, epochs=8)
+    result = imitate(policy, sub, workload, settings)
+    assert np.isfinite(result.loss) and agreement() > before + 0.1
