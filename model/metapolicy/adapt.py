@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from metapolicy import replays
 from metapolicy.cluster import NodeProfile, check_node_set
 from metapolicy.compact import snap
 from metapolicy.device import resolve_device
@@ -42,6 +43,7 @@ from metapolicy.evaluation import (
 from metapolicy.policy import SlotPolicy, check_capacity
 from metapolicy.ppo import Freeze, PPOSettings
 from metapolicy.record import AdaptationRecord, Outcome, Reason
+from metapolicy.replays import REPLAYS
 from metapolicy.selection import BestWeights, train_keeping_best
 from metapolicy.strategies import changed_slots, choose_strategy, resize
 from metapolicy.subclusters import DEFAULT_SIZE, sampled
@@ -106,13 +108,25 @@ def validate(
     size = subcluster if candidate.scores_subsets else None
     new_nodes, old_nodes = sampled(candidate.nodes, size), sampled(backup.nodes, size)
     overlap = set(backup.slot_names) & set(candidate.slot_names)
-    # Two simulator batches, one per cluster, each with the reference heuristics in it.
+    # Two simulator batches, one per cluster, each with the reference heuristics in it; the
+    # backup's side is usually what its own validation played (`metapolicy.replays`).
     on_new = {"candidate": candidate.agent()} | ({"masked": backup.agent()} if overlap else {})
     reference_new, new = reference_stats(new_nodes, workload, seeds, on_new)
-    reference_old, old = reference_stats(old_nodes, workload, seeds, {"backup": backup.agent()})
+    REPLAYS.put(
+        replays.key(candidate, candidate.nodes, workload, seeds, size),
+        new["candidate"].returns,
+        reference_new,
+    )
+    old_key = replays.key(backup, backup.nodes, workload, seeds, size)
+    if (replayed := REPLAYS.get(old_key)) is not None:
+        backup_old, reference_old = replayed
+    else:
+        reference_old, old = reference_stats(old_nodes, workload, seeds, {"backup": backup.agent()})
+        backup_old = old["backup"].returns
+        REPLAYS.put(old_key, backup_old, reference_old)
     return Validation(
         candidate_new=new["candidate"].returns,
-        backup_old=old["backup"].returns,
+        backup_old=backup_old,
         backup_masked=new["masked"].returns if overlap else None,
         reference_new=reference_new,
         reference_old=reference_old,
@@ -410,6 +424,12 @@ def judge(
     v = replace(
         start.validation,
         candidate_new=episode_returns(candidate.agent(), view, s.workload, seeds),
+    )
+    size = s.subcluster if candidate.scores_subsets else None
+    REPLAYS.put(
+        replays.key(candidate, candidate.nodes, s.workload, seeds, size),
+        v.candidate_new,
+        v.reference_new,
     )
     decision = decide(v, s)
     if start.promoted:
