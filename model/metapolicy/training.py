@@ -6,14 +6,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from metapolicy import replays
 from metapolicy.cluster import NodeProfile, check_node_set
 from metapolicy.compact import snap
 from metapolicy.device import resolve_device
-from metapolicy.evaluation import episode_returns, evaluation_seeds, reference
+from metapolicy.evaluation import evaluation_seeds, reference_stats
 from metapolicy.imitation import warm_start
 from metapolicy.policy import SlotPolicy, check_capacity, make_policy
 from metapolicy.ppo import PPOSettings
 from metapolicy.record import AdaptationRecord, Outcome, Reason
+from metapolicy.replays import REPLAYS
 from metapolicy.selection import train_keeping_best
 from metapolicy.subclusters import DEFAULT_SIZE, sampled
 from metapolicy.traces import Workload
@@ -103,8 +105,11 @@ def train_initial(
     )
     snap(policy.cpu())  # evaluated as it will be stored
     seeds = evaluation_seeds(s.episodes)
-    ref = reference(view, s.workload, seeds)
-    score = ref.score(episode_returns(policy.agent(), view, s.workload, seeds))
+    ref, played = reference_stats(view, s.workload, seeds, {"policy": policy.agent()})
+    score = ref.score(played["policy"].returns)
+    # the first adaptation's validation replays this instead of playing it again
+    size = s.subcluster if policy.scores_subsets else None
+    REPLAYS.put(replays.key(policy, nodes, s.workload, seeds, size), played["policy"].returns, ref)
     curve = [] if best is None else best.curve
     seconds = stats.seconds + warm_seconds
     return TrainingResult(
