@@ -21,10 +21,11 @@ no training or selection episode overlaps (for a trace: its last 25%, in time).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,17 @@ def _setup():
     import torch
 
     torch.set_num_threads(1)
+
+
+def _load_code() -> None:
+    """Import everything a job uses when the worker starts: the code that runs is the code of
+    that moment, even if the checkout changes during a long run."""
+    import benchmarks.planner
+    import metapolicy.adapt
+    import metapolicy.sources
+    import metapolicy.training  # noqa: F401
+
+    _setup()
 
 
 def train_job(
@@ -290,6 +302,52 @@ def training_table(trained: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _key(kind: str, *parts) -> str:
+    return ":".join([kind, *map(str, parts)])
+
+
+def run_jobs(pool, specs: dict, args: argparse.Namespace, done: dict, partial: Path) -> dict:
+    """Every job, each result saved to `partial` as it arrives (a crash keeps what finished,
+    and `--resume` skips it); retention jobs start once their policy is trained."""
+    results = {kind: [] for kind in ("reference", "planner", "train", "retention")}
+    futures = {}
+
+    def submit(key: str, fn, *fn_args) -> None:
+        if key in done:
+            collect(key, done[key])
+        else:
+            futures[pool.submit(fn, *fn_args)] = key
+
+    def collect(key: str, result: dict) -> None:
+        done[key] = result
+        results[key.split(":")[0]].append(result)
+        if key.startswith("train:") and result["trained_on"] == "alibaba":
+            for delta in DELTAS:
+                rkey = _key("retention", result["arch"], result["seed"], delta)
+                submit(rkey, retention_job, result, delta, specs["alibaba"], args.episodes)
+
+    for name, spec in specs.items():
+        submit(_key("reference", name), reference_job, name, spec, args.episodes)
+    for name in specs:
+        for arch in args.archs:
+            for seed in args.seeds:
+                submit(
+                    _key("train", name, arch, seed),
+                    train_job, arch, seed, name, specs, args.episodes, args.train_steps,
+                )  # fmt: skip
+    for name, spec in specs.items():
+        if name != "generic-csv":
+            for truth in (False, True):
+                key = _key("planner", name, truth)
+                submit(key, planner_job, name, spec, args.planner_episodes, truth)
+    while futures:
+        finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+        for future in finished:
+            collect(futures.pop(future), future.result())
+            partial.write_text(json.dumps(done, default=float))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 32 episodes")
@@ -304,6 +362,7 @@ def main() -> None:
     )
     parser.add_argument("--train-steps", type=int, help="default: the architecture's default")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--resume", action="store_true", help="skip jobs in <out>.partial.json")
     parser.add_argument("--out", default="benchmarks/results/workloads")
     args = parser.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -312,35 +371,17 @@ def main() -> None:
     if not Path(args.alibaba).is_file():
         parser.error(f"no Alibaba pod list at {args.alibaba} (see --alibaba)")
     start = time.perf_counter()
+    partial = Path(f"{args.out}.partial.json")
+    done = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
     with tempfile.TemporaryDirectory() as scratch:
         args.scratch = scratch
         specs = workload_specs(args)
-        with ProcessPoolExecutor(args.workers) as pool:
-            refs = [pool.submit(reference_job, n, s, args.episodes) for n, s in specs.items()]
-            plans = [
-                pool.submit(planner_job, n, s, args.planner_episodes, truth)
-                for n, s in specs.items()
-                if n != "generic-csv"
-                for truth in (False, True)
-            ]
-            jobs = [
-                pool.submit(train_job, arch, seed, name, specs, args.episodes, args.train_steps)
-                for name in specs
-                for arch in args.archs
-                for seed in args.seeds
-            ]
-            trained = [j.result() for j in jobs]
-            adapting = [
-                pool.submit(retention_job, t, delta, specs["alibaba"], args.episodes)
-                for t in trained
-                if t["trained_on"] == "alibaba"
-                for delta in DELTAS
-            ]
-            references = {r["workload"]: r for r in (f.result() for f in refs)}
-            planners = [f.result() for f in plans]
-            retention = [f.result() for f in adapting]
+        with ProcessPoolExecutor(args.workers, initializer=_load_code) as pool:
+            results = run_jobs(pool, specs, args, done, partial)
+    references = {r["workload"]: r for r in results["reference"]}
+    trained, planners, retention = results["train"], results["planner"], results["retention"]
     for t in trained:
-        del t["policy"]
+        t.pop("policy", None)
     data = {
         "args": {k: v for k, v in vars(args).items() if k != "scratch"},
         "machine": machine_info(),
@@ -351,6 +392,7 @@ def main() -> None:
         "retention": retention,
     }
     write_json(f"{args.out}.json", data)
+    partial.unlink(missing_ok=True)
     sections = [
         f"# Workloads ({NODES} nodes, hidden 64, seeds {args.seeds}, {args.episodes} validation "
         f"episodes, {data['seconds'] / 60:.0f} min)",
