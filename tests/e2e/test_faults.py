@@ -36,10 +36,34 @@ POINTS = [f"{boundary}:{stage}" for stage in STAGES for boundary in BOUNDARIES]
 TIMEOUT = 180
 
 
+def case_of(point: str) -> tuple[str, str]:
+    """(policy name, stage) of a fault point."""
+    return f"f{POINTS.index(point)}", point.split(":")[1]
+
+
+def policy_body(case: str) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MetaPolicy",
+        "metadata": {"name": case, "namespace": NAMESPACE},
+        "spec": SPEC | {"nodeSelector": {"matchLabels": {"fault-case": case}}},
+    }
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]:
-    """The API server only: each case runs its own operators."""
+    """The API server, with the policies of the adaptation cases trained up front by one
+    operator; each case then runs its own operators (the faulty one, then a normal one)."""
     with environment(tmp_path_factory.mktemp("faults")) as env:
+        adapting = [case for case, stage in map(case_of, POINTS) if stage != "train"]
+        for case in adapting:
+            for i in range(2):
+                add_node(env, f"{case}-{i}", case)
+            env.kube.custom.create_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, PLURAL, policy_body(case)
+            )
+        for case in adapting:
+            ready_with(env, case, 2)
         env.operator.stop()
         yield env
 
@@ -74,30 +98,16 @@ def add_node(env: Environment, name: str, case: str) -> None:
 def test_a_crash_at_each_write_boundary_converges_to_the_stored_state(
     cluster: Environment, point: str, tmp_path: Path
 ) -> None:
-    stage = point.split(":")[1]
-    case = f"f{POINTS.index(point)}"
-    for i in range(2):
-        add_node(cluster, f"{case}-{i}", case)
-    policy = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "MetaPolicy",
-        "metadata": {"name": case, "namespace": NAMESPACE},
-        "spec": SPEC | {"nodeSelector": {"matchLabels": {"fault-case": case}}},
-    }
+    case, stage = case_of(point)
     normal = Operator(cluster.kube.kubeconfig, tmp_path)
     faulty = Operator(cluster.kube.kubeconfig, tmp_path)
     try:
-        if stage != "train":  # a trained policy first, then the change that crashes
-            normal.start()
-            cluster.kube.custom.create_namespaced_custom_object(
-                GROUP, VERSION, NAMESPACE, PLURAL, policy
-            )
-            ready_with(cluster, case, 2)
-            normal.stop()
         faulty.start(env={FAULT_ENV: point})
         if stage == "train":
+            for i in range(2):
+                add_node(cluster, f"{case}-{i}", case)
             cluster.kube.custom.create_namespaced_custom_object(
-                GROUP, VERSION, NAMESPACE, PLURAL, policy
+                GROUP, VERSION, NAMESPACE, PLURAL, policy_body(case)
             )
         else:
             add_node(cluster, f"{case}-2", case)
