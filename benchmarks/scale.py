@@ -2,8 +2,10 @@
 deciding cost at N = 20, 100, 1000 and 5000 nodes, now that a node-set policy trains and
 validates on sub-clusters (32 nodes per episode, `metapolicy.subclusters`).
 
-    python -m benchmarks.scale --out benchmarks/results/scale            # N 20, 100, 1000, 5000
-    python -m benchmarks.scale --quick --out /tmp/scale                  # N 20 and 1000
+    python -m benchmarks.scale --out benchmarks/results/full/scale       # N 20, 100, 1000, 5000
+    python -m benchmarks.scale --quick                                   # N 20 and 1000
+    python -m benchmarks.scale --serve-only --repeats 10 --out benchmarks/results/full/scale-serve
+    python -m benchmarks.scale --report-only --out benchmarks/results/full/scale  # redraw
 
 Per N, in a fresh process of its own (one torch thread, as the operator's workers), so its
 peak RSS is that size's alone:
@@ -14,7 +16,10 @@ peak RSS is that size's alone:
   the end, and S on the validation episodes;
 * time to serve a changed node set: the zero-shot stage (resize + validation) plus writing the
   candidate as the active version of a filesystem store and encoding it as a ConfigMap body,
-  alternately +1 and -1 node, p50 / p95 (the operator adds its own share, see reaction.py);
+  alternately +1 and -1 node, p50 / p95, cold (nothing replayed) and warm (the backup's side
+  of the validation replayed, as in an operator worker from the second adaptation on); the
+  operator adds its own share, see reaction.py. `--serve-only` measures just this (and the
+  bytes and decisions) on untrained policies: it costs the same whatever the policy learned;
 * fine-tune time: the second stage of one +1 adaptation with the default budget (50k steps);
 * checkpoint bytes: safetensors, manifest, and the ConfigMap as sent (base64, the 1 MiB cap);
 * retention for the changes in `--deltas` (N = 1000 by default): the full pipeline with default
@@ -47,7 +52,9 @@ from metapolicy import features
 from metapolicy.adapt import AdaptationSettings, adapt, judge, train_candidate, zero_shot
 from metapolicy.checkpoint import policy_to_checkpoint
 from metapolicy.cluster import make_cluster, resize_cluster
+from metapolicy.compact import snap
 from metapolicy.evaluation import episode_returns, evaluation_seeds, reference
+from metapolicy.policy import make_policy
 from metapolicy.replays import REPLAYS
 from metapolicy.selection import selection_seeds
 from metapolicy.store import FilesystemStore, encode_checkpoint
@@ -255,20 +262,38 @@ def decisions(policy, candidates: int, repeats: int, seed: int) -> dict:
     }
 
 
+def warm_up() -> None:
+    """What the operator's worker initialiser does, plus one tiny adaptation: lazy imports and
+    first-call costs are not charged to the first measured change."""
+    import torch._dynamo  # noqa: F401
+
+    nodes = make_cluster(3, seed=999)
+    tiny = AdaptationSettings(budget_steps=1024, episodes=2)
+    adapt(make_policy("node-set", nodes, 16), resize_cluster(nodes, 1, seed=999), tiny)
+    REPLAYS.clear()
+
+
 def run_size(n: int, args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
+    warm_up()
     nodes = make_cluster(n, seed=args.seed)
     started = time.perf_counter()
-    policy, train = training(n, nodes, args)
-    out: dict[str, Any] = {"nodes": n, "training": train}
-    print(f"N={n}: trained S={train['score']:.3f} in {train['seconds']:.0f}s", flush=True)
+    serve_only = getattr(args, "serve_only", False)
+    if serve_only:  # an untrained policy: serving costs the same whatever it learned
+        out: dict[str, Any] = {"nodes": n}
+        policy = snap(make_policy("node-set", nodes, seed=args.seed))
+    else:
+        policy, train = training(n, nodes, args)
+        out = {"nodes": n, "training": train}
+        print(f"N={n}: trained S={train['score']:.3f} in {train['seconds']:.0f}s", flush=True)
     out["checkpoint"] = checkpoint_bytes(policy)
     out["serve"] = time_to_serve(n, policy, args)
     serve = out["serve"]
     cold, warm = serve["cold"]["total"]["p95"], serve["warm"]["total"]["p95"]
     print(f"N={n}: time to serve p95 {cold:.2f}s cold, {warm:.2f}s warm", flush=True)
-    out["fine_tune"] = fine_tune(n, policy, args)
-    if n in args.retention_nodes:
+    if not serve_only:
+        out["fine_tune"] = fine_tune(n, policy, args)
+    if n in args.retention_nodes and not serve_only:
         out["retention"] = retention(n, policy, args)
         print(f"N={n}: retention {[round(r['retention'], 3) for r in out['retention']]}")
     if n == max(args.nodes):
@@ -292,7 +317,7 @@ def targets(sizes: list[dict]) -> list[tuple[str, str, bool | None]]:
             value = "not measured" if p95 is None else f"{p95:.2f} s"
             what = f"time to serve p95 <= {limit:g} s at N = {n} ({mode})"
             rows.append((what, value, None if p95 is None else p95 <= limit))
-    if 20 in by_n and 1000 in by_n:
+    if all("training" in by_n.get(n, {}) for n in (20, 1000)):
         a, b = by_n[20]["training"], by_n[1000]["training"]
         for key, what in (("seconds_to_s1", "to S >= 1.0"), ("seconds", "to the end")):
             if a[key] and b[key]:
@@ -368,6 +393,35 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def serve_markdown(data: dict) -> str:
+    lines = [
+        "# Time to serve a changed node set, by N (node-set, hidden 64, untrained policies)",
+        "",
+        "The zero-shot stage (resize + validation: 16 paired episodes of the candidate, the "
+        "backup, the backup in masked mode and every heuristic) plus writing the version; one "
+        "process per N after a warm-up adaptation, "
+        f"{data['args']['repeats']} changes (+1 / -1 node alternately), each cold then warm. "
+        + data["note"],
+        "",
+        "| N | cold p50 / p95 | warm p50 / p95 | validate cold / warm p50 | resize p95 "
+        "| write p95 | ConfigMap | peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in data["sizes"]:
+        cold, warm = s["serve"]["cold"], s["serve"]["warm"]
+        lines.append(
+            f"| {s['nodes']} | {cold['total']['p50']:.2f} / {cold['total']['p95']:.2f} s "
+            f"| {warm['total']['p50']:.2f} / {warm['total']['p95']:.2f} s "
+            f"| {cold['validate']['p50']:.2f} / {warm['validate']['p50']:.2f} s "
+            f"| {cold['resize']['p95'] * 1e3:.0f} ms | {cold['write']['p95'] * 1e3:.0f} ms "
+            f"| {s['checkpoint']['configmap'] / 1024:.0f} KiB | {s['peak_rss_mib']:.0f} MiB |"
+        )
+    lines += ["", "| target | value | verdict |", "|---|---|---|"]
+    rows = [r for r in targets(data["sizes"]) if r[0].startswith("time to serve")]
+    lines += [f"| {what} | {value} | {verdict(ok)} |" for what, value, ok in rows]
+    return "\n".join(lines) + "\n"
+
+
 def plot(data: dict, path: str) -> None:
     try:
         import matplotlib
@@ -395,7 +449,7 @@ def plot(data: dict, path: str) -> None:
             bottom += values
     right.set_xticks(x, names)
     right.set(xlabel="N", ylabel="seconds (p50)", title="time to serve a changed node set")
-    right.legend()
+    right.legend(fontsize=7, ncol=2, loc="lower center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -412,8 +466,20 @@ def main() -> None:
     parser.add_argument("--budget", type=int, help="fine-tune steps; default: the default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="N 20 and 1000, 4 changes")
+    parser.add_argument(
+        "--serve-only",
+        action="store_true",
+        help="only time to serve, checkpoint bytes and decisions, on untrained policies",
+    )
     parser.add_argument("--out", default="benchmarks/results/scale")
+    parser.add_argument(
+        "--report-only", action="store_true", help="redraw the Markdown and PNG from --out.json"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        data = json.loads(Path(f"{args.out}.json").read_text())
+        report(data, args.out, data["args"].get("serve_only", False))
+        return
     if args.quick:
         args.nodes, args.repeats, args.decisions = [20, 1000], 4, 300
     started, load = time.monotonic(), os.getloadavg()
@@ -437,9 +503,15 @@ def main() -> None:
             "sizes": sizes,
         }
         write_json(f"{args.out}.json", data)
-    Path(f"{args.out}.md").write_text(markdown(data))
-    print(markdown(data))
-    plot(data, f"{args.out}.png")
+    report(data, args.out, args.serve_only)
+
+
+def report(data: dict, out: str, serve_only: bool) -> None:
+    text = serve_markdown(data) if serve_only else markdown(data)
+    Path(f"{out}.md").write_text(text)
+    print(text)
+    if not serve_only:
+        plot(data, f"{out}.png")
 
 
 if __name__ == "__main__":
