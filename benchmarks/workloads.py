@@ -61,7 +61,7 @@ def _setup():
 def _load_code() -> None:
     """Import everything a job uses when the worker starts: the code that runs is the code of
     that moment, even if the checkout changes during a long run."""
-    import benchmarks.planner
+    import benchmarks.planner  # noqa: F401
     import metapolicy.adapt
     import metapolicy.sources
     import metapolicy.training  # noqa: F401
