@@ -79,9 +79,10 @@ def event_name(record: Mapping[str, Any]) -> str:
     """What caused a record, in the words of the demo: train, scale up/down, drill, ..."""
     if record.get("strategy") == "initial":
         return "train"
-    if record.get("drill"):
-        return "drill"
     trigger = record.get("trigger")
+    zero_shot = "zero-shot " if trigger == "zero-shot" else ""
+    if record.get("drill"):
+        return f"{zero_shot}drill"
     if trigger in ("manual", "retry", "rollback-to"):
         return trigger
     old, new = record.get("oldNodes", 0), record.get("newNodes", 0)
@@ -90,7 +91,7 @@ def event_name(record: Mapping[str, Any]) -> str:
         change = f"reshape +{len(added)}/-{len(removed)}"
     else:
         change = "scale up" if new > old else "scale down" if new < old else "refresh"
-    return f"zero-shot {change}" if trigger == "zero-shot" else change
+    return f"{zero_shot}{change}"
 
 
 def _parse_time(value: str | None) -> datetime | None:

@@ -72,6 +72,8 @@ def test_the_timeline_shows_each_record_with_its_event():
     assert event_name(TRAIN) == "train"
     assert event_name(ADAPT) == "scale up"
     assert event_name(ADAPT | {"drill": True}) == "drill"
+    assert event_name(ADAPT | {"trigger": "zero-shot"}) == "zero-shot scale up"
+    assert event_name(ADAPT | {"drill": True, "trigger": "zero-shot"}) == "zero-shot drill"
     text = timeline([TRAIN | {"startedAt": "2026-01-01T00:00:00Z"}, ADAPT])
     assert "+01:05  scale up" in text and "0.970 [0.90, 1.02]" in text and "3 -> 5" in text
 
