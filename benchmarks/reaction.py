@@ -26,7 +26,7 @@ The initial training budget is demo-sized on purpose: reaction measures the adap
 not the quality of the policy. Targets (issue 12): serve p95 <= 2 s at N = 20 and <= 5 s at
 N = 1000; the operator's overhead <= 2 s at p95.
 
-    python -m benchmarks.reaction [--quick] [--nodes 1000] --out benchmarks/results/reaction
+    python -m benchmarks.reaction [--quick] [--nodes 1000]   # results/reaction-n1000.{json,md}
 """
 
 from __future__ import annotations
@@ -324,10 +324,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600.0, help="bound of every wait (s)")
     parser.add_argument("--keep-logs", action="store_true")
-    parser.add_argument("--out", default="benchmarks/results/reaction")
+    parser.add_argument("--out", help="default benchmarks/results/reaction-n{nodes}")
     args = parser.parse_args()
     args.repeats = args.repeats or (4 if args.quick else 8)
     args.train_steps = args.train_steps or (20_000 if args.quick else 100_000)
+    args.out = args.out or f"benchmarks/results/reaction-n{args.nodes}"
     started, load = time.monotonic(), os.getloadavg()
     result = run(args)
     data = {"args": vars(args), "machine": machine_info()}
