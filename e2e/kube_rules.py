@@ -28,6 +28,7 @@ import numpy as np
 
 from metapolicy.baselines import kube_default_scores
 from metapolicy_operator.inventory import QuantityError, parse_cpu, parse_quantity
+from metapolicy_operator.objects import dig
 from metapolicy_operator.pods import Requests, holds_resources, pod_requests
 
 NOT_READY = "node.kubernetes.io/not-ready"
@@ -36,28 +37,20 @@ UNSCHEDULABLE = "node.kubernetes.io/unschedulable"
 FILTERING_EFFECTS = ("NoSchedule", "NoExecute")  # PreferNoSchedule only lowers a score
 
 
-def _get(obj: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(key)
-    return obj
-
-
 def node_name(node: Mapping[str, Any]) -> str:
-    return _get(node, "metadata", "name") or ""
+    return dig(node, "metadata", "name") or ""
 
 
 def node_taints(node: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The node's taints, plus those the node lifecycle controller and NodeUnschedulable add."""
-    taints = [dict(t) for t in _get(node, "spec", "taints") or [] if isinstance(t, Mapping)]
-    conditions = _get(node, "status", "conditions") or []
+    taints = [dict(t) for t in dig(node, "spec", "taints") or [] if isinstance(t, Mapping)]
+    conditions = dig(node, "status", "conditions") or []
     ready = next((c.get("status") for c in conditions if c.get("type") == "Ready"), "Unknown")
     if ready == "False":
         taints.append({"key": NOT_READY, "effect": "NoSchedule"})
     elif ready != "True":
         taints.append({"key": UNREACHABLE, "effect": "NoSchedule"})
-    if _get(node, "spec", "unschedulable"):
+    if dig(node, "spec", "unschedulable"):
         taints.append({"key": UNSCHEDULABLE, "effect": "NoSchedule"})
     return taints
 
@@ -78,7 +71,7 @@ def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
 
 def untolerated_taint(pod: Mapping[str, Any], node: Mapping[str, Any]) -> dict[str, Any] | None:
     """The first NoSchedule/NoExecute taint of the node that the pod does not tolerate."""
-    tolerations = [t for t in _get(pod, "spec", "tolerations") or [] if isinstance(t, Mapping)]
+    tolerations = [t for t in dig(pod, "spec", "tolerations") or [] if isinstance(t, Mapping)]
     for taint in node_taints(node):
         if taint.get("effect") not in FILTERING_EFFECTS:
             continue
@@ -95,7 +88,7 @@ class Allocatable:
 
 
 def allocatable(node: Mapping[str, Any]) -> Allocatable:
-    raw = _get(node, "status", "allocatable") or {}
+    raw = dig(node, "status", "allocatable") or {}
     try:
         pods = raw.get("pods")
         return Allocatable(

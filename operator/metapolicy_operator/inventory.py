@@ -21,6 +21,7 @@ from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 from metapolicy.cluster import InvalidNodeProfile, NodeProfile
+from metapolicy_operator.objects import dig
 
 LATENCY_ANNOTATION = "metapolicy.dev/latency-ms"
 #: Used when a node has no latency annotation, or one that is not a number >= 0.
@@ -133,27 +134,18 @@ class NodeIssue:
 # --------------------------------------------------------------------------- node access
 
 
-def _get(obj: Any, *path: str) -> Any:
-    """obj[path[0]][path[1]]..., or None as soon as a level is missing or not a mapping."""
-    for key in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(key)
-    return obj
-
-
 def _name(node: Mapping[str, Any]) -> str:
-    name = _get(node, "metadata", "name")
+    name = dig(node, "metadata", "name")
     return name if isinstance(name, str) and name else _UNNAMED
 
 
 def _labels(node: Mapping[str, Any]) -> Mapping[str, str]:
-    labels = _get(node, "metadata", "labels")
+    labels = dig(node, "metadata", "labels")
     return labels if isinstance(labels, Mapping) else {}
 
 
 def _is_ready(node: Mapping[str, Any]) -> bool:
-    conditions = _get(node, "status", "conditions")
+    conditions = dig(node, "status", "conditions")
     if not isinstance(conditions, list):
         return False
     for condition in conditions:
@@ -163,7 +155,7 @@ def _is_ready(node: Mapping[str, Any]) -> bool:
 
 
 def _removal_taint(node: Mapping[str, Any]) -> str | None:
-    taints = _get(node, "spec", "taints")
+    taints = dig(node, "spec", "taints")
     if not isinstance(taints, list):
         return None
     for taint in taints:
@@ -184,12 +176,12 @@ def eligibility(node: Mapping[str, Any]) -> tuple[bool, str]:
     matters most: a node being deleted is usually also cordoned and soon NotReady.
     Taints other than the removal ones are left to the tasks' tolerations.
     """
-    if _get(node, "metadata", "deletionTimestamp"):
+    if dig(node, "metadata", "deletionTimestamp"):
         return False, "being deleted"
     taint = _removal_taint(node)
     if taint is not None:
         return False, f"tainted for removal by {_REMOVER[taint]} ({taint})"
-    if _get(node, "spec", "unschedulable") is True:
+    if dig(node, "spec", "unschedulable") is True:
         return False, "unschedulable (cordoned)"
     if not _is_ready(node):
         return False, "not Ready"
@@ -252,7 +244,7 @@ def _resource(
     """One resource from status.allocatable, or status.capacity when allocatable lacks it."""
     name = _name(node)
     for source in ("allocatable", "capacity"):
-        raw = _get(node, "status", source, resource)
+        raw = dig(node, "status", source, resource)
         if raw is None:
             continue
         field = f"status.{source}.{resource}"
@@ -277,7 +269,7 @@ def _resource(
 
 def _latency(node: Mapping[str, Any]) -> tuple[float, NodeIssue | None]:
     """The latency annotation in ms; the default (and an issue) when it is unusable."""
-    raw = _get(node, "metadata", "annotations", LATENCY_ANNOTATION)
+    raw = dig(node, "metadata", "annotations", LATENCY_ANNOTATION)
     if raw is None:
         return DEFAULT_LATENCY_MS, None
     try:
@@ -311,7 +303,7 @@ def node_profile(node: Mapping[str, Any]) -> tuple[NodeProfile | None, list[Node
     """
     name = _name(node)
     if name == _UNNAMED:
-        raw = _get(node, "metadata", "name")
+        raw = dig(node, "metadata", "name")
         message = "a node without metadata.name cannot be placed onto; it is skipped"
         return None, [NodeIssue(name, "metadata.name", "" if raw is None else str(raw), message)]
     cpu, cpu_issue = _resource(node, "cpu", parse_cpu)

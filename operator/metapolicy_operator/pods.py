@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from metapolicy.features import QOS_CLASSES, PodAttributes, owner_group
 from metapolicy_operator.inventory import (
@@ -21,6 +20,7 @@ from metapolicy_operator.inventory import (
     parse_cpu,
     parse_memory_mib,
 )
+from metapolicy_operator.objects import dig
 
 DURATION_HINT_ANNOTATION = "metapolicy.dev/expected-duration"
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
@@ -47,20 +47,12 @@ class Requests:
         return Requests(max(self.cpu, other.cpu), max(self.memory_mib, other.memory_mib))
 
 
-def _get(obj: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(key)
-    return obj
-
-
 def pod_key(pod: Mapping) -> str:
-    return f"{_get(pod, 'metadata', 'namespace') or ''}/{_get(pod, 'metadata', 'name') or ''}"
+    return f"{dig(pod, 'metadata', 'namespace') or ''}/{dig(pod, 'metadata', 'name') or ''}"
 
 
 def _container_requests(container: Mapping, where: str) -> Requests:
-    requests = _get(container, "resources", "requests") or {}
+    requests = dig(container, "resources", "requests") or {}
     try:
         return Requests(
             cpu=parse_cpu(requests.get("cpu", 0)),
@@ -84,7 +76,7 @@ def pod_requests(pod: Mapping) -> Requests:
     sum for the resources they name, as upstream does.
     """
     key = pod_key(pod)
-    spec = _get(pod, "spec") or {}
+    spec = dig(pod, "spec") or {}
     total = Requests()
     for i, c in enumerate(spec.get("containers") or []):
         total = total + _container_requests(c, f"pod {key}: spec.containers[{i}]")
@@ -98,14 +90,14 @@ def pod_requests(pod: Mapping) -> Requests:
         else:
             init_peak = init_peak.max(request + sidecars)
     total = total.max(init_peak)
-    pod_level = _get(spec, "resources", "requests") or {}
+    pod_level = dig(spec, "resources", "requests") or {}
     if pod_level:
         level = _container_requests({"resources": {"requests": pod_level}}, f"pod {key}: spec")
         total = Requests(
             level.cpu if "cpu" in pod_level else total.cpu,
             level.memory_mib if "memory" in pod_level else total.memory_mib,
         )
-    overhead = _get(spec, "overhead") or {}
+    overhead = dig(spec, "overhead") or {}
     if overhead:
         total = total + _container_requests(
             {"resources": {"requests": overhead}}, f"pod {key}: spec.overhead"
@@ -115,16 +107,16 @@ def pod_requests(pod: Mapping) -> Requests:
 
 def qos_class(pod: Mapping) -> str:
     """status.qosClass as the API server sets it; computed from the spec when absent."""
-    declared = _get(pod, "status", "qosClass")
+    declared = dig(pod, "status", "qosClass")
     if declared in QOS_CLASSES:
         return declared
-    containers = list(_get(pod, "spec", "containers") or []) + list(
-        _get(pod, "spec", "initContainers") or []
+    containers = list(dig(pod, "spec", "containers") or []) + list(
+        dig(pod, "spec", "initContainers") or []
     )
     any_set, guaranteed = False, bool(containers)
     for c in containers:
-        requests = _get(c, "resources", "requests") or {}
-        limits = _get(c, "resources", "limits") or {}
+        requests = dig(c, "resources", "requests") or {}
+        limits = dig(c, "resources", "limits") or {}
         if requests or limits:
             any_set = True
         for resource in ("cpu", "memory"):
@@ -152,8 +144,8 @@ def parse_duration(value: str) -> float:
 
 def _gpus(pod: Mapping) -> float:
     total = 0.0
-    for c in _get(pod, "spec", "containers") or []:
-        resources = _get(c, "resources") or {}
+    for c in dig(pod, "spec", "containers") or []:
+        resources = dig(c, "resources") or {}
         for name in GPU_RESOURCES:
             raw = (resources.get("limits") or {}).get(name) or (
                 resources.get("requests") or {}
@@ -168,12 +160,12 @@ def _gpus(pod: Mapping) -> float:
 
 def pod_attributes(pod: Mapping) -> tuple[PodAttributes, str | None]:
     """What the pod declares, and a problem with its duration hint (ignored then), if any."""
-    owners = _get(pod, "metadata", "ownerReferences") or []
+    owners = dig(pod, "metadata", "ownerReferences") or []
     controller = next((o for o in owners if isinstance(o, Mapping) and o.get("controller")), None)
     owner = controller or (owners[0] if owners and isinstance(owners[0], Mapping) else None)
-    priority = _get(pod, "spec", "priority")
+    priority = dig(pod, "spec", "priority")
     hint, problem = None, None
-    raw = (_get(pod, "metadata", "annotations") or {}).get(DURATION_HINT_ANNOTATION)
+    raw = (dig(pod, "metadata", "annotations") or {}).get(DURATION_HINT_ANNOTATION)
     if raw is not None:
         try:
             hint = parse_duration(raw)
@@ -199,8 +191,8 @@ def parse_time(value: str | None) -> float | None:
 def holds_resources(pod: Mapping) -> bool:
     """Bound to a node and not finished: what the scheduler counts on that node. A pod being
     deleted still runs until its containers stop, so it still counts."""
-    return bool(_get(pod, "spec", "nodeName")) and (
-        _get(pod, "status", "phase") not in TERMINAL_PHASES
+    return bool(dig(pod, "spec", "nodeName")) and (
+        dig(pod, "status", "phase") not in TERMINAL_PHASES
     )
 
 
@@ -211,6 +203,6 @@ def policy_matches(pod: Mapping, pod_selector: Mapping | None, namespaces: Itera
     MetaPolicy never captures pods by accident; `{}` selects every pod of those namespaces."""
     if pod_selector is None:
         return False
-    if _get(pod, "metadata", "namespace") not in set(namespaces):
+    if dig(pod, "metadata", "namespace") not in set(namespaces):
         return False
-    return matches_selector(_get(pod, "metadata", "labels") or {}, pod_selector)
+    return matches_selector(dig(pod, "metadata", "labels") or {}, pod_selector)

@@ -32,6 +32,7 @@ import kubernetes
 from metapolicy.observed import ObservedTrace, PodRecord
 from metapolicy.store import CheckpointError, CheckpointStore
 from metapolicy.trace_files import InvalidTrace
+from metapolicy_operator.objects import dig
 from metapolicy_operator.pods import (
     TERMINAL_PHASES,
     InvalidPod,
@@ -51,33 +52,27 @@ log = logging.getLogger(__name__)
 
 
 # ----- reading a pod ----------------------------------------------------------------------------
-def _get(obj: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(key)
-    return obj
 
 
 def scheduled_time(pod: Mapping) -> float | None:
     """When a node took the pod: the PodScheduled condition, else its start time."""
-    for condition in _get(pod, "status", "conditions") or []:
+    for condition in dig(pod, "status", "conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "True":
             when = parse_time(condition.get("lastTransitionTime"))
             if when is not None:
                 return when
-    return parse_time(_get(pod, "status", "startTime"))
+    return parse_time(dig(pod, "status", "startTime"))
 
 
 def ended_time(pod: Mapping, deleted: bool, now: float) -> float | None:
     """When the pod stopped holding its node: its containers' last finish, or now for a pod
     that is gone or finished without saying when; None while it may still run."""
-    phase = _get(pod, "status", "phase")
+    phase = dig(pod, "status", "phase")
     if phase not in TERMINAL_PHASES and not deleted:
         return None
     finished = [
-        parse_time(_get(status, "state", "terminated", "finishedAt"))
-        for status in _get(pod, "status", "containerStatuses") or []
+        parse_time(dig(status, "state", "terminated", "finishedAt"))
+        for status in dig(pod, "status", "containerStatuses") or []
     ]
     finished = [t for t in finished if t is not None]
     return max(finished) if finished and phase in TERMINAL_PHASES else now
@@ -87,9 +82,9 @@ def pod_record(pod: Mapping, deleted: bool, now: float) -> PodRecord:
     """The pod as the trace keeps it; raises InvalidPod if its requests cannot be read."""
     requests = pod_requests(pod)
     attributes, _ = pod_attributes(pod)  # a bad duration hint is ignored, as when serving
-    created = parse_time(_get(pod, "metadata", "creationTimestamp")) or now
+    created = parse_time(dig(pod, "metadata", "creationTimestamp")) or now
     scheduled = scheduled_time(pod)
-    if scheduled is None and _get(pod, "spec", "nodeName"):
+    if scheduled is None and dig(pod, "spec", "nodeName"):
         scheduled = now  # bound, but the binding time is not in the object
     ended = ended_time(pod, deleted, now)
     return PodRecord(
@@ -195,7 +190,7 @@ class Recorder:
 
     def observe(self, pod: Mapping, deleted: bool, now: float | None = None) -> int:
         """Record a pod for every policy that places it; returns how many do."""
-        uid = _get(pod, "metadata", "uid")
+        uid = dig(pod, "metadata", "uid")
         if not uid:
             return 0
         now = time.time() if now is None else now

@@ -26,6 +26,7 @@ import numpy as np
 from metapolicy.cluster import NodeProfile
 from metapolicy.features import QOS_CLASSES
 from metapolicy_operator.inventory import eligibility, node_profile
+from metapolicy_operator.objects import dig
 from metapolicy_operator.pods import (
     InvalidPod,
     holds_resources,
@@ -51,19 +52,11 @@ def to_bytes(mib: float) -> int:
     return math.ceil(round(mib * MIB, 3))
 
 
-def _get(obj: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(key)
-    return obj
-
-
 def _resource_version(obj: Mapping) -> int | None:
     """resourceVersions are opaque strings, in practice etcd revisions: compared as integers
     where they are integers, else every event is taken in arrival order."""
     try:
-        return int(_get(obj, "metadata", "resourceVersion"))
+        return int(dig(obj, "metadata", "resourceVersion"))
     except (TypeError, ValueError):
         return None
 
@@ -99,12 +92,12 @@ class NodeInfo:
 
 def node_info(obj: Mapping[str, Any]) -> NodeInfo:
     """Never raises: a node with unreadable data is kept, with `profile` None."""
-    name = str(_get(obj, "metadata", "name") or "")
+    name = str(dig(obj, "metadata", "name") or "")
     eligible, _ = eligibility(obj)
     profile, _ = node_profile(obj) if name else (None, [])
-    labels = _get(obj, "metadata", "labels")
+    labels = dig(obj, "metadata", "labels")
     try:
-        max_pods = int(_get(obj, "status", "allocatable", "pods") or DEFAULT_MAX_PODS)
+        max_pods = int(dig(obj, "status", "allocatable", "pods") or DEFAULT_MAX_PODS)
     except (TypeError, ValueError):
         max_pods = DEFAULT_MAX_PODS
     return NodeInfo(
@@ -143,16 +136,16 @@ def pod_info(obj: Mapping[str, Any]) -> PodInfo:
         log.warning("%s; counted as requesting nothing", error)
         millicores, nbytes = 0, 0
     key = pod_key(obj)
-    created = _time(_get(obj, "metadata", "creationTimestamp"))
-    start = _time(_get(obj, "status", "startTime"))
-    labels = _get(obj, "metadata", "labels")
+    created = _time(dig(obj, "metadata", "creationTimestamp"))
+    start = _time(dig(obj, "status", "startTime"))
+    labels = dig(obj, "metadata", "labels")
     return PodInfo(
         key=key,
-        uid=str(_get(obj, "metadata", "uid") or key),
-        namespace=str(_get(obj, "metadata", "namespace") or ""),
+        uid=str(dig(obj, "metadata", "uid") or key),
+        namespace=str(dig(obj, "metadata", "namespace") or ""),
         labels=labels if isinstance(labels, Mapping) else {},
         version=_resource_version(obj),
-        node=_get(obj, "spec", "nodeName") or None,
+        node=dig(obj, "spec", "nodeName") or None,
         holds=holds_resources(obj),
         millicores=millicores,
         bytes=nbytes,
