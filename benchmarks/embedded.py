@@ -68,7 +68,8 @@ def provenance_note(p: Mapping[str, Any]) -> str:
     load = p["load_average"]
     note = (
         f"Wall time {p['wall_seconds']:.0f} s; load average (1 min) {load['start'][0]:.1f} at "
-        f"start, {load['end'][0]:.1f} at the end, on {os.cpu_count()} cores shared with other work."
+        f"start, {load['end'][0]:.1f} at the end, on {os.cpu_count()} cores (a load above that: "
+        "processes waited for a core)."
     )
     if p["source_changes"]:
         changed = ", ".join(p["source_changes"])
