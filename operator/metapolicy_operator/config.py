@@ -3,8 +3,11 @@ metapolicy_operator.handlers` behave the same (the CLI only sets these variables
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
+
+import kubernetes
 
 
 @dataclass(frozen=True)
@@ -27,3 +30,34 @@ class OperatorConfig:
             retry_seconds=float(env.get("METAPOLICY_RETRY_SECONDS", cls.retry_seconds)),
             job_image=env.get("METAPOLICY_JOB_IMAGE") or None,
         )
+
+
+def api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
+    """A client for the cluster: an explicit kubeconfig if given, else in-cluster, else
+    $KUBECONFIG / ~/.kube/config. The operator, the server and a training Job agree on it."""
+    if kubeconfig:
+        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
+    try:
+        kubernetes.config.load_incluster_config()
+        return kubernetes.client.ApiClient()
+    except kubernetes.config.ConfigException:
+        return kubernetes.config.new_client_from_config()
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--kubeconfig and the namespace scope (-n, repeatable, or -A) of a long-running command;
+    `what`: what it does with a namespace's MetaPolicies ("watch", "serve")."""
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help=f"{what} the MetaPolicies of this namespace (repeatable)",
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="every namespace (default)"
+    )

@@ -15,7 +15,7 @@ import kopf
 import kubernetes
 
 from metapolicy_operator import jobs, recorder
-from metapolicy_operator.config import OperatorConfig
+from metapolicy_operator.config import OperatorConfig, api_client
 from metapolicy_operator.controller import PolicyController, cleanup_store
 from metapolicy_operator.inventory import eligibility, node_profile
 from metapolicy_operator.metrics import Metrics, serve
@@ -32,16 +32,6 @@ def node_digest(body: kopf.Body) -> tuple:
     profile, issues = node_profile(body)
     labels = tuple(sorted((body.get("metadata", {}).get("labels") or {}).items()))
     return eligible, reason, profile, tuple(i.message for i in issues), labels
-
-
-def _api_client(config: OperatorConfig) -> kubernetes.client.ApiClient:
-    if config.kubeconfig:
-        return kubernetes.config.new_client_from_config(config_file=config.kubeconfig)
-    try:
-        kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        return kubernetes.config.new_client_from_config()
 
 
 @kopf.on.login()
@@ -64,7 +54,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_: A
     settings.watching.client_timeout = 330
     runtime = Runtime(
         config=config,
-        api=_api_client(config),
+        api=api_client(config.kubeconfig),
         metrics=Metrics(),
         pool=jobs.make_pool(config.workers),
         workers=asyncio.Semaphore(config.workers),

@@ -24,6 +24,7 @@ from metapolicy.adapt import train_candidate
 from metapolicy.checkpoint import policy_from_checkpoint, policy_to_checkpoint, stored_record
 from metapolicy.cluster import NodeProfile
 from metapolicy.training import train_initial
+from metapolicy_operator.config import api_client
 from metapolicy_operator.configmap_store import LABEL_MANAGED_BY, MANAGED_BY
 from metapolicy_operator.reporting import GROUP, PLURAL, VERSION
 from metapolicy_operator.spec import parse_spec
@@ -39,16 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="run one training Job's work (the operator creates it)")
     run.add_argument("--input", required=True, help="NAMESPACE/NAME of the input ConfigMap")
     run.add_argument("--kubeconfig", help="default: in-cluster, then $KUBECONFIG")
-
-
-def _api(kubeconfig: str | None) -> kubernetes.client.ApiClient:
-    if kubeconfig:
-        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
-    try:
-        kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        return kubernetes.config.new_client_from_config()
 
 
 def _weights(policy) -> tuple[bytes, dict]:
@@ -94,7 +85,7 @@ def work(api: kubernetes.client.ApiClient, namespace: str, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     namespace, _, name = args.input.partition("/")
     try:
-        work(_api(args.kubeconfig), namespace, name)
+        work(api_client(args.kubeconfig), namespace, name)
     except Exception as error:  # the Job fails with the reason; the operator retries
         message = f"metapolicy job: {type(error).__name__}: {error}".splitlines()[0]
         print(message, file=sys.stderr)

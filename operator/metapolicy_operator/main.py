@@ -9,22 +9,11 @@ import random
 
 import kopf
 
+from metapolicy_operator.config import add_cluster_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
-    )
-    scope = parser.add_mutually_exclusive_group()
-    scope.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        default=[],
-        help="watch MetaPolicies here (repeatable)",
-    )
-    scope.add_argument(
-        "--all-namespaces", "-A", action="store_true", help="watch every namespace (default)"
-    )
+    add_cluster_arguments(parser, "watch")
     # Defaults come from the environment so that the METAPOLICY_* variables keep working.
     env = os.environ
     parser.add_argument("--metrics-host", default=env.get("METAPOLICY_METRICS_HOST", "0.0.0.0"))

@@ -118,8 +118,9 @@ SERVE_CLIENT_METHODS = {
 # version (policies.load_version -> ConfigMapStore.load -> _read).
 SERVE_THROUGH_IMPORTS = {"read_namespaced_config_map": "ConfigMapStore.load"}
 #: The operator modules serving/ imports, read for client calls by hand: a new one fails
-#: test_the_servers_calls_in_the_code_are_listed until its calls are looked at.
-SERVE_IMPORTS = {"configmap_store", "inventory", "pods", "spec"}
+#: test_the_servers_calls_in_the_code_are_listed until its calls are looked at. (config
+#: builds the client and objects reads dicts: neither calls the API.)
+SERVE_IMPORTS = {"config", "configmap_store", "inventory", "objects", "pods", "spec"}
 
 #: Each component: its ServiceAccount, its calls, and the sources scanned for client methods.
 COMPONENTS = {

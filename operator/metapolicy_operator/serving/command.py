@@ -29,6 +29,7 @@ import kubernetes
 import torch
 from aiohttp import web
 
+from metapolicy_operator.config import add_cluster_arguments, api_client
 from metapolicy_operator.configmap_store import KIND_POINTER, LABEL_KIND
 from metapolicy_operator.serving.cache import ClusterCache, node_info, pod_info
 from metapolicy_operator.serving.informer import Informer
@@ -58,20 +59,7 @@ class ServeOptions:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
-    )
-    scope = parser.add_mutually_exclusive_group()
-    scope.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        default=[],
-        help="serve the MetaPolicies of this namespace (repeatable)",
-    )
-    scope.add_argument(
-        "--all-namespaces", "-A", action="store_true", help="every namespace (default)"
-    )
+    add_cluster_arguments(parser, "serve")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--port", type=int, default=8090, help="extender verbs, probes, metrics")
     parser.add_argument(
@@ -103,16 +91,6 @@ def options_from(args: argparse.Namespace) -> ServeOptions:
 
 
 # ----- one server process ---------------------------------------------------------------------
-def make_api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
-    if kubeconfig:
-        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
-    try:
-        kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        return kubernetes.config.new_client_from_config()
-
-
 class ServingRuntime:
     """Everything one server process runs: cache, informers, policies, HTTP sites."""
 
@@ -145,7 +123,7 @@ class ServingRuntime:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.api is None:
-            self.api = await asyncio.to_thread(make_api_client, self.options.kubeconfig)
+            self.api = await asyncio.to_thread(api_client, self.options.kubeconfig)
         core = kubernetes.client.CoreV1Api(self.api)
         custom = kubernetes.client.CustomObjectsApi(self.api)
         self.registry = PolicyRegistry(self.cache, self.metrics, core)
