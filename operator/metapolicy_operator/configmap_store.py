@@ -217,35 +217,8 @@ class ConfigMapStore(CheckpointStore):
 
     def set_active(self, version: int) -> None:
         self.load(version)  # refuses a missing or corrupt version before the pointer moves
-        name = self._pointer_name()
-        data = {POINTER_KEY: str(version)}
-        existing = self._read(name)
-        if existing is None:
-            body = {"metadata": self._metadata(name, KIND_POINTER), "data": data}
-            try:
-                self._call(
-                    f"create ConfigMap {name}",
-                    self.core.create_namespaced_config_map,
-                    self.namespace,
-                    body,
-                )
-                return
-            except CheckpointApiError as e:
-                if e.status != 409:
-                    raise
-                existing = self._read(name)  # created meanwhile: move it like any other
-        if existing is not None and not self._is_ours(existing, KIND_POINTER):
-            raise CheckpointError(
-                f"ConfigMap {self.namespace}/{name} exists but is not the active pointer of "
-                f"MetaPolicy {self.policy!r}; not overwriting it"
-            )
-        self._call(
-            f"update ConfigMap {name}",
-            self.core.patch_namespaced_config_map,
-            name,
-            self.namespace,
-            {"data": data},
-        )
+        content = {"data": {POINTER_KEY: str(version)}}
+        self._upsert(self._pointer_name(), KIND_POINTER, "active pointer", content)
 
     def save_trace(self, data: bytes) -> None:
         """One ConfigMap, `{policy}-trace`, created or updated by one write (a patch replacing
@@ -256,36 +229,8 @@ class ConfigMapStore(CheckpointStore):
                 f"observed trace of MetaPolicy {self.policy!r} is {len(data)} bytes, over the "
                 f"{self.trace_limit}-byte limit of a ConfigMap"
             )
-        name = self._trace_name()
-        body = {
-            "metadata": self._metadata(name, KIND_TRACE),
-            "binaryData": {TRACE_KEY: base64.b64encode(data).decode("ascii")},
-        }
-        existing = self._read(name)
-        if existing is not None and not self._is_ours(existing, KIND_TRACE):
-            raise CheckpointError(
-                f"ConfigMap {self.namespace}/{name} exists but is not the observed trace of "
-                f"MetaPolicy {self.policy!r}; not overwriting it"
-            )
-        if existing is None:
-            try:
-                self._call(
-                    f"create ConfigMap {name}",
-                    self.core.create_namespaced_config_map,
-                    self.namespace,
-                    body,
-                )
-                return
-            except CheckpointApiError as e:
-                if e.status != 409:
-                    raise
-        self._call(
-            f"update ConfigMap {name}",
-            self.core.patch_namespaced_config_map,
-            name,
-            self.namespace,
-            {"binaryData": body["binaryData"]},
-        )
+        content = {"binaryData": {TRACE_KEY: base64.b64encode(data).decode("ascii")}}
+        self._upsert(self._trace_name(), KIND_TRACE, "observed trace", content)
 
     def load_trace(self) -> bytes | None:
         config_map = self._read(self._trace_name())
@@ -328,24 +273,35 @@ class ConfigMapStore(CheckpointStore):
         return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
 
     def write_journal(self, records: list[dict]) -> None:
-        name = self._journal_name()
-        data = {JOURNAL_KEY: json.dumps(records, separators=(",", ":"))}
+        content = {"data": {JOURNAL_KEY: json.dumps(records, separators=(",", ":"))}}
+        self._upsert(self._journal_name(), KIND_JOURNAL, "journal", content)
+
+    def _upsert(self, name: str, kind: str, role: str, content: dict[str, Any]) -> None:
+        """Create the policy's ConfigMap `name` with `content` (its data or binaryData), or
+        replace that content with one patch: one write either way, so a kill mid-write leaves
+        the old content or the new. A ConfigMap of that name that is not ours (not the policy's
+        `role`) is refused, never overwritten."""
         existing = self._read(name)
         if existing is None:
-            body = {"metadata": self._metadata(name, KIND_JOURNAL), "data": data}
-            self._call(
-                f"create ConfigMap {name}", self.core.create_namespaced_config_map,
-                self.namespace, body,
-            )  # fmt: skip
-            return
-        if not self._is_ours(existing, KIND_JOURNAL):
+            body = {"metadata": self._metadata(name, kind)} | content
+            try:
+                self._call(
+                    f"create ConfigMap {name}", self.core.create_namespaced_config_map,
+                    self.namespace, body,
+                )  # fmt: skip
+                return
+            except CheckpointApiError as e:
+                if e.status != 409:
+                    raise
+                existing = self._read(name)  # created meanwhile: update it like any other
+        if existing is not None and not self._is_ours(existing, kind):
             raise CheckpointError(
-                f"ConfigMap {self.namespace}/{name} exists but is not the journal of "
+                f"ConfigMap {self.namespace}/{name} exists but is not the {role} of "
                 f"MetaPolicy {self.policy!r}; not overwriting it"
             )
         self._call(
             f"update ConfigMap {name}", self.core.patch_namespaced_config_map,
-            name, self.namespace, {"data": data},
+            name, self.namespace, content,
         )  # fmt: skip
 
     # -- ConfigMap layout -------------------------------------------------------------------
