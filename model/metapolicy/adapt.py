@@ -192,6 +192,8 @@ def decide(v: Validation, s: AdaptationSettings) -> Decision:
     if inconclusive:
         words = f"{interval} straddles minRetention {least:.3f}"
         codes = [Reason.RETENTION_INCONCLUSIVE]
+        if not s.rollback:  # a candidate that fails is promoted then: one that may pass too
+            return made(Outcome.PROMOTED, [*codes, Reason.ROLLBACK_DISABLED], words)
         if s.on_inconclusive == "promote":
             return made(Outcome.PROMOTED, codes, words + "; onInconclusive promotes")
         if s.on_inconclusive == "rollback":

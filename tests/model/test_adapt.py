@@ -125,6 +125,18 @@ def test_an_interval_straddling_min_retention_is_inconclusive(on_inconclusive, o
     assert Reason.RETENTION_INCONCLUSIVE in decision.codes
 
 
+def test_without_rollback_an_inconclusive_candidate_is_promoted_as_a_failing_one_is():
+    rng = np.random.default_rng(0)
+    backup = np.full(16, -40.0)
+    candidate = -40.0 - 6.0 + rng.normal(0, 12, 16)  # the straddling case above
+    settings = AdaptationSettings(min_retention=0.9, rollback=False)  # onInconclusive: pause
+    decision = decide(validation(candidate, backup), settings)
+    assert decision.outcome is Outcome.PROMOTED
+    assert {Reason.RETENTION_INCONCLUSIVE, Reason.ROLLBACK_DISABLED} <= set(decision.codes)
+    failing = decide(validation(backup - 40, backup), settings)
+    assert failing.outcome is Outcome.PROMOTED and Reason.ROLLBACK_DISABLED in failing.codes
+
+
 def test_clearly_above_and_clearly_below():
     backup = np.full(16, -40.0)
     settings = AdaptationSettings(min_retention=0.9)
