@@ -13,6 +13,7 @@ guards never push another past the recompile limit (which would silently fall ba
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -187,7 +188,7 @@ def main() -> None:
     if args.quick:
         args.nodes, args.repeats, args.train_steps = [8, 20], 300, 20_000
     torch.set_num_threads(1)
-    start = time.perf_counter()
+    start, load = time.perf_counter(), os.getloadavg()[0]
     rows = [
         row
         for arch in ("node-set", "slot-mlp")
@@ -201,6 +202,7 @@ def main() -> None:
             "args": vars(args),
             "machine": machine_info(),
             "seconds": time.perf_counter() - start,
+            "load_average_at_start": load,
             "rows": rows,
             "quantisation": costs,
         },
@@ -210,7 +212,7 @@ def main() -> None:
         f.write(
             f"# Decision cost (hidden {args.hidden}, one torch thread, "
             f"torch.compile mode {args.compile_mode})\n\n"
-            "Shared 2-core machine: other jobs ran alongside, so times are upper bounds.\n\n"
+            f"Load average (1 min) at the start: {load:.1f} on {os.cpu_count()} cores.\n\n"
             f"{text}\n"
         )
     print(text)
