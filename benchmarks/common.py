@@ -34,7 +34,8 @@ def uncommitted_changes() -> list[str]:
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return ["unknown (not a git checkout)"]
-    return [line[3:] for line in out.splitlines()]
+    changed = [line[3:] for line in out.splitlines()]
+    return [path for path in changed if not path.startswith("benchmarks/results/")]
 
 
 def machine_info() -> dict:

@@ -497,8 +497,8 @@ def main() -> None:
             "wall_seconds": time.monotonic() - started,
             "note": (
                 f"load average (1 min) {load[0]:.1f} at the start, {end_load[0]:.1f} at the end "
-                "on a shared 2-core machine: times are upper bounds. No GPU here: every figure "
-                "is the CPU's."
+                f"on {os.cpu_count()} cores (above that, processes waited for a core). No GPU "
+                "here: every figure is the CPU's."
             ),
             "sizes": sizes,
         }
