@@ -37,7 +37,7 @@ demo-offline: install    # the same pipeline without Kubernetes
 
 BENCHMARKS := retention latency reaction storm decision workloads serving scale
 
-bench: install          # every benchmark, quick versions (README's tables; under 15 min on 2 cores)
+bench: install          # every benchmark, quick versions (README's tables; about 35 min on 2 cores)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	for b in $(BENCHMARKS); do $(PY) -m benchmarks.$$b --quick || exit 1; done
 
