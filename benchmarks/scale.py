@@ -26,7 +26,10 @@ peak RSS is that size's alone:
   settings, then S(serving policy, new) / S(backup, old) on `--episodes` validation episodes;
 * decision p50 / p99 at 100 and 1000 candidates on the biggest policy: the observation of one
   pod and `preferences()` (the placement server's policy call), batch 1;
-* peak RSS of the process (ru_maxrss).
+* peak RSS of the process (ru_maxrss);
+* devices (`--devices`, default: the CPU, and cuda when torch sees a GPU): initial training and
+  one fine-tune of `--device-steps` steps each at the biggest N on every device, side by side
+  in one run (the simulator stays on the CPU; the policy, PPO and distillation move).
 """
 
 from __future__ import annotations
@@ -273,6 +276,37 @@ def warm_up() -> None:
     REPLAYS.clear()
 
 
+def device_costs(n: int, device: str, args: argparse.Namespace) -> dict:
+    """Initial training and one +1 fine-tune of `args.device_steps` steps each, with the policy
+    on `device` (`spec.training.device`): the same work on every device, for the side-by-side
+    table."""
+    torch.set_num_threads(1)
+    warm_up()
+    nodes = make_cluster(n, seed=args.seed)
+    steps = args.device_steps
+    start = time.perf_counter()
+    result = train_initial(
+        nodes, TrainingSettings(max_nodes=n, seed=args.seed, steps=steps, device=device)
+    )
+    train = time.perf_counter() - start
+    settings = replace(adaptation(args, n + 1), budget_steps=steps, device=device)
+    first = zero_shot(result.policy, resize_cluster(nodes, 1, seed=args.seed + 7), settings)
+    start = time.perf_counter()
+    train_candidate(result.policy, first.record, first.candidate.nodes, settings)
+    return {
+        "nodes": n,
+        "device": device,
+        "steps": steps,
+        "training_seconds": train,
+        "fine_tune_seconds": time.perf_counter() - start,
+        "score": result.score,
+    }
+
+
+def default_devices() -> list[str]:
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
 def run_size(n: int, args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     warm_up()
@@ -388,9 +422,31 @@ def markdown(data: dict) -> str:
                     f"| {d['candidates']} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} ms "
                     f"| {b['p50_ms']:.2f} / {b['p99_ms']:.2f} ms |"
                 )
+    lines += device_table(data.get("devices") or [])
     lines += ["", "| target | value | verdict |", "|---|---|---|"]
     lines += [f"| {what} | {value} | {verdict(ok)} |" for what, value, ok in targets(sizes)]
     return "\n".join(lines) + "\n"
+
+
+def device_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"Devices, the same work on each (N = {rows[0]['nodes']}, {rows[0]['steps']:,} steps of "
+        "initial training and of one fine-tune; one CPU thread):",
+        "",
+        "| device | initial training | fine-tune | S |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['device']} | {r['training_seconds']:.1f} s | {r['fine_tune_seconds']:.1f} s "
+            f"| {r['score']:.3f} |"
+        )
+    if len(rows) == 1:
+        lines += ["", "No GPU here: run the same command where torch sees one for its column."]
+    return lines
 
 
 def serve_markdown(data: dict) -> str:
@@ -465,6 +521,10 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, help="default: the default budget")
     parser.add_argument("--budget", type=int, help="fine-tune steps; default: the default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--devices", nargs="*", help="default: cpu, and cuda when torch sees a GPU; none: skip"
+    )
+    parser.add_argument("--device-steps", type=int, default=50_000, help="per device and stage")
     parser.add_argument("--quick", action="store_true", help="N 20 and 1000, 4 changes")
     parser.add_argument(
         "--serve-only",
@@ -497,11 +557,23 @@ def main() -> None:
             "wall_seconds": time.monotonic() - started,
             "note": (
                 f"load average (1 min) {load[0]:.1f} at the start, {end_load[0]:.1f} at the end "
-                f"on {os.cpu_count()} cores (above that, processes waited for a core). No GPU "
-                "here: every figure is the CPU's."
+                f"on {os.cpu_count()} cores (above that, processes waited for a core). "
+                + (
+                    "GPU: " + torch.cuda.get_device_name(0)
+                    if torch.cuda.is_available()
+                    else "No GPU here: every figure is the CPU's."
+                )
             ),
             "sizes": sizes,
         }
+        write_json(f"{args.out}.json", data)
+    devices = default_devices() if args.devices is None else args.devices
+    if devices and not args.serve_only:
+        for device in devices:
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                row = pool.submit(device_costs, max(args.nodes), device, args).result()
+            data.setdefault("devices", []).append(row)
+            print(f"{device}: training {row['training_seconds']:.1f}s", flush=True)
         write_json(f"{args.out}.json", data)
     report(data, args.out, args.serve_only)
 
