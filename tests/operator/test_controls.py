@@ -4,6 +4,7 @@ rollback-to, a fine-tune cancelled by a newer node change, status rebuilt from t
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import kubernetes
 
@@ -210,7 +211,7 @@ async def test_a_node_change_during_the_fine_tune_cancels_it_and_starts_over(
 
 
 async def test_status_lost_between_writes_is_rebuilt_from_the_store(
-    api, run_operator, wait_for, operator_env
+    api, run_operator, wait_for, operator_env, metrics_port
 ):
     for i in range(2):
         await api.create("/api/v1/nodes", node(f"edge-{i}"))
@@ -229,6 +230,9 @@ async def test_status_lost_between_writes_is_rebuilt_from_the_store(
         assert status["eligibleNodes"] == 2  # counters refreshed from the world
         assert status["activeVersion"] == trained["activeVersion"]
         assert "Recovered" in {e["reason"] for e in await events_for(api, "web")}
+        # this operator trained nothing: its metrics count the recovered record
+        metrics = await asyncio.to_thread(scrape, f"http://127.0.0.1:{metrics_port}/metrics")
+        assert "metapolicy_training_duration_seconds_count 1.0" in metrics
 
 
 async def test_the_workload_source_is_reported_and_a_missing_trace_is_a_clear_error(
@@ -289,3 +293,8 @@ async def test_a_pod_two_policies_select_is_a_condition_on_both(
             status_is(api, "left", lambda s: condition(s, "PodSelector").get("status") == "True"),
             SLOW,
         )
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
