@@ -21,6 +21,7 @@ no training or selection episode overlaps (for a trace: its last 25%, in time).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import tempfile
@@ -113,21 +114,17 @@ def train_job(
 
 
 def _weights(policy) -> dict:
-    from metapolicy.checkpoint import policy_to_checkpoint
+    """The policy as safetensors (base64, so the partial results stay JSON for --resume)."""
+    from metapolicy_operator.jobs import policy_weights
 
-    checkpoint = policy_to_checkpoint(policy)
-    return {"tensors": {k: v.numpy().tolist() for k, v in checkpoint.tensors.items()},
-            "meta": checkpoint.meta}  # fmt: skip
+    weights, meta = policy_weights(policy)
+    return {"safetensors": base64.b64encode(weights).decode("ascii"), "meta": meta}
 
 
 def _policy(weights: dict):
-    import torch
+    from metapolicy_operator.jobs import policy_from_weights
 
-    from metapolicy.checkpoint import policy_from_checkpoint
-    from metapolicy.store import Checkpoint
-
-    tensors = {k: torch.tensor(v) for k, v in weights["tensors"].items()}
-    return policy_from_checkpoint(Checkpoint(tensors=tensors, meta=weights["meta"]))
+    return policy_from_weights(base64.b64decode(weights["safetensors"]), weights["meta"])
 
 
 def retention_job(job: dict, delta: int, spec: str, episodes: int) -> dict:

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-import safetensors.torch
 
 from metapolicy.adapt import train_candidate
-from metapolicy.checkpoint import policy_from_checkpoint, policy_to_checkpoint, stored_record
+from metapolicy.checkpoint import policy_from_checkpoint, stored_record
 from metapolicy.cluster import NodeProfile
 from metapolicy.training import train_initial
 from metapolicy_operator.config import api_client
 from metapolicy_operator.configmap_store import LABEL_MANAGED_BY, MANAGED_BY
+from metapolicy_operator.jobs import policy_weights
 from metapolicy_operator.reporting import GROUP, PLURAL, VERSION
 from metapolicy_operator.spec import parse_spec
 from metapolicy_operator.stores import policy_store
@@ -42,12 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--kubeconfig", help="default: in-cluster, then $KUBECONFIG")
 
 
-def _weights(policy) -> tuple[bytes, dict]:
-    checkpoint = policy_to_checkpoint(policy)
-    tensors = {k: v.contiguous() for k, v in checkpoint.tensors.items()}
-    return safetensors.torch.save(tensors), checkpoint.meta
-
-
 def work(api: kubernetes.client.ApiClient, namespace: str, name: str) -> None:
     core = kubernetes.client.CoreV1Api(api)
     job = json.loads(core.read_namespaced_config_map(name, namespace).data[INPUT_KEY])
@@ -60,14 +54,14 @@ def work(api: kubernetes.client.ApiClient, namespace: str, name: str) -> None:
     nodes = [NodeProfile.from_dict(n) for n in job["nodes"]]
     if job["kind"] == "train":
         trained = train_initial(nodes, spec.training)
-        weights, meta = _weights(trained.policy)
+        weights, meta = policy_weights(trained.policy)
         result: dict[str, Any] = {"record": trained.record().to_json()}
     else:
         backup = policy_from_checkpoint(store.load(job["backupVersion"]))
         start = stored_record(store.manifest(job["zeroShotVersion"])["meta"])
         settings = replace(spec.adaptation, strategy=job["strategy"], seed=job["seed"])
         done = train_candidate(backup, start, nodes, settings)
-        weights, meta = _weights(done.candidate)
+        weights, meta = policy_weights(done.candidate)
         result = {
             "seconds": done.seconds,
             "timings": done.timings,

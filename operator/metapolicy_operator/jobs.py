@@ -65,14 +65,22 @@ class Cancellation:
         Path(self.path).touch()
 
 
-def _pack(policy, record: AdaptationRecord, validation: Validation | None = None) -> JobResult:
+def policy_weights(policy) -> tuple[bytes, dict]:
+    """(safetensors bytes, checkpoint meta): how a policy crosses a process or Job boundary,
+    never pickled."""
     checkpoint = policy_to_checkpoint(policy)
-    weights = safetensors.torch.save({k: v.contiguous() for k, v in checkpoint.tensors.items()})
-    return JobResult(weights, checkpoint.meta, record.to_json(), validation)
+    tensors = {k: v.contiguous() for k, v in checkpoint.tensors.items()}
+    return safetensors.torch.save(tensors), checkpoint.meta
 
 
-def _policy(weights: bytes, meta: dict):
+def policy_from_weights(weights: bytes, meta: dict):
+    """The inverse of `policy_weights`."""
     return policy_from_checkpoint(Checkpoint(tensors=safetensors.torch.load(weights), meta=meta))
+
+
+def _pack(policy, record: AdaptationRecord, validation: Validation | None = None) -> JobResult:
+    weights, meta = policy_weights(policy)
+    return JobResult(weights, meta, record.to_json(), validation)
 
 
 def train_job(nodes: list[dict], settings: TrainingSettings) -> JobResult:
@@ -89,7 +97,7 @@ def zero_shot_job(
 ) -> JobResult:
     """Resize and validate, no training: the candidate the operator can serve at once.
     `drill`: sabotage it before validation, to prove rollback works end to end."""
-    backup = _policy(backup_weights, backup_meta)
+    backup = policy_from_weights(backup_weights, backup_meta)
     stage = zero_shot(
         backup,
         [NodeProfile.from_dict(n) for n in nodes],
@@ -108,8 +116,10 @@ def refine_job(
     cancel: Cancellation | None = None,
 ) -> JobResult | None:
     """Fine-tune after the zero-shot stage; None when cancelled."""
-    backup = _policy(backup_weights, backup_meta)
-    first = StageResult(_policy(start.weights, start.meta), start.outcome_record, start.validation)
+    backup = policy_from_weights(backup_weights, backup_meta)
+    first = StageResult(
+        policy_from_weights(start.weights, start.meta), start.outcome_record, start.validation
+    )
     try:
         stage = refine(
             backup,
@@ -134,10 +144,12 @@ def judge_job(
     drill: bool = False,
 ) -> JobResult:
     """Validate and decide on a candidate fine-tuned elsewhere (a training Job)."""
-    backup = _policy(backup_weights, backup_meta)
-    first = StageResult(_policy(start.weights, start.meta), start.outcome_record, start.validation)
+    backup = policy_from_weights(backup_weights, backup_meta)
+    first = StageResult(
+        policy_from_weights(start.weights, start.meta), start.outcome_record, start.validation
+    )
     done = Trained(
-        _policy(trained_weights, trained_meta),
+        policy_from_weights(trained_weights, trained_meta),
         float(trained["seconds"]),
         dict(trained.get("timings") or {}),
         trained.get("selectedSteps"),
