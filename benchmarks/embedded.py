@@ -103,8 +103,7 @@ def apply_policy(kube: Kube, name: str, spec: Mapping[str, Any]) -> None:
 
 
 def read_status(kube: Kube, name: str) -> dict[str, Any]:
-    policy = kube.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
-    return policy.get("status") or {}
+    return kube.policy_status(name, NAMESPACE)
 
 
 def scrape(url: str, timeout: float = 10.0) -> str:

@@ -40,11 +40,11 @@ import kubernetes
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.cluster import ROOT, Kube, Operator
+from e2e.cluster import GROUP, PLURAL, ROOT, VERSION, Kube, Operator
 from e2e.nodes import REMOVAL_TAINTS, SCENARIO_LABEL, Nodes
 from e2e.wait import E2EFailure, poll
 
-GROUP, VERSION, PLURAL, KIND = "metapolicy.dev", "v1alpha1", "metapolicies", "MetaPolicy"
+KIND = "MetaPolicy"
 ADAPT_REQUEST = "metapolicy.dev/adapt-request"
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 

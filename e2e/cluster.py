@@ -28,6 +28,8 @@ import yaml
 
 from e2e.wait import E2EFailure, poll
 
+GROUP, VERSION, PLURAL = "metapolicy.dev", "v1alpha1", "metapolicies"  # MetaPolicy objects
+
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "metapolicy.yaml"
 KUBECONFIG_ENV = "E2E_KUBECONFIG"
@@ -143,6 +145,21 @@ class Kube:
     @property
     def custom(self) -> kubernetes.client.CustomObjectsApi:
         return kubernetes.client.CustomObjectsApi(self.api)
+
+    def policy_status(self, name: str, namespace: str = "default") -> dict:
+        """A MetaPolicy's status ({} before the operator wrote one)."""
+        body = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return body.get("status") or {}
+
+    def wait_ready(self, name: str, nodes: int, timeout: float) -> dict:
+        """Poll until the policy is Ready with `nodes` nodes; its status then."""
+
+        def converged() -> dict | None:
+            s = self.policy_status(name)
+            return s if s.get("phase") == "Ready" and s.get("currentNodes") == nodes else None
+
+        return poll(converged, timeout, f"{name} Ready with {nodes} nodes",
+                    describe=lambda: str(self.policy_status(name)))  # fmt: skip
 
     @property
     def coordination(self) -> kubernetes.client.CoordinationV1Api:

@@ -63,24 +63,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]:
                 GROUP, VERSION, NAMESPACE, PLURAL, policy_body(case)
             )
         for case in adapting:
-            ready_with(env, case, 2)
+            env.kube.wait_ready(case, 2, TIMEOUT)
         env.operator.stop()
         yield env
-
-
-def status(env: Environment, name: str) -> dict:
-    body = env.kube.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
-    return body.get("status") or {}
-
-
-def ready_with(env: Environment, name: str, count: int) -> dict:
-    def converged() -> dict | None:
-        s = status(env, name)
-        return s if s.get("phase") == "Ready" and s.get("currentNodes") == count else None
-
-    return poll(
-        converged, TIMEOUT, f"{name} Ready with {count} nodes", describe=lambda: status(env, name)
-    )
 
 
 def add_node(env: Environment, name: str, case: str) -> None:
@@ -119,8 +104,8 @@ def test_a_crash_at_each_write_boundary_converges_to_the_stored_state(
                     # a fine-tuned candidate that is not promoted moves no pointer: that point is
                     # not on its path, and the run ends without crashing
                     point == "after-activate:fine-tune"
-                    and status(cluster, case).get("phase") == "Ready"
-                    and status(cluster, case).get("currentNodes") == expected
+                    and cluster.kube.policy_status(case).get("phase") == "Ready"
+                    and cluster.kube.policy_status(case).get("currentNodes") == expected
                 )
             ),
             TIMEOUT,
@@ -130,12 +115,12 @@ def test_a_crash_at_each_write_boundary_converges_to_the_stored_state(
         if not faulty.process.running():
             assert faulty.process.popen.returncode == FAULT_EXIT_CODE, faulty.log_tail()
         else:
-            last = status(cluster, case)["lastAdaptation"]
+            last = cluster.kube.policy_status(case)["lastAdaptation"]
             assert last["outcome"] != "promoted", "the pointer moved but the fault did not fire"
             faulty.stop()
         assert crashed
         normal.start()
-        final = ready_with(cluster, case, expected)
+        final = cluster.kube.wait_ready(case, expected, TIMEOUT)
         check_consistent(cluster, case, final, expected)
     finally:
         for operator in (faulty, normal):

@@ -19,20 +19,6 @@ GROUP, VERSION, PLURAL, NAMESPACE = "metapolicy.dev", "v1alpha1", "metapolicies"
 TIMEOUT = 240
 
 
-def status(env: Environment, name: str) -> dict:
-    body = env.kube.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
-    return body.get("status") or {}
-
-
-def ready_with(env: Environment, name: str, count: int) -> dict:
-    def converged() -> dict | None:
-        s = status(env, name)
-        return s if s.get("phase") == "Ready" and s.get("currentNodes") == count else None
-
-    return poll(converged, TIMEOUT, f"{name} Ready with {count} nodes",
-                describe=lambda: str(status(env, name)))  # fmt: skip
-
-
 def add_node(env: Environment, name: str) -> None:
     spec = {"name": name, "cpu": 8, "memory": "32Gi", "latencyMs": 5, "labels": {"jobs": "yes"}}
     env.kube.core.create_node(node_body(spec, "jobs"))
@@ -66,7 +52,7 @@ def test_training_and_fine_tuning_run_in_jobs_and_a_failed_job_is_retried(
         e2e_env.kube.custom.create_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, PLURAL, policy
         )
-        trained = ready_with(e2e_env, "e2e-jobs", 2)
+        trained = e2e_env.kube.wait_ready("e2e-jobs", 2, TIMEOUT)
         # the first Job failed (its pod never started): recorded, retried after the backoff
         failed, done = trained["history"][0], trained["history"][-1]
         assert failed["outcome"] == "failed" and "training_job_failed" in failed["reasonCodes"]
@@ -78,7 +64,7 @@ def test_training_and_fine_tuning_run_in_jobs_and_a_failed_job_is_retried(
         ]
 
         add_node(e2e_env, "job-2")
-        adapted = ready_with(e2e_env, "e2e-jobs", 3)
+        adapted = e2e_env.kube.wait_ready("e2e-jobs", 3, TIMEOUT)
         stages = [h["trigger"] for h in adapted["history"]]
         assert stages[-2:] == ["zero-shot", "nodes"]  # served first; fine-tuned in a Job
         assert len(joblet.seen) == 3 and "fine-tune" in joblet.seen[-1]
