@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
-import pickle
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -227,9 +229,10 @@ def test_kaplan_meier_beyond_the_longest_completion_is_infinite():
     assert np.isinf(km.conditional(np.array([5.0]), np.array([0.5]))[0])
 
 
-def test_trace_source_pickles_and_runs_in_the_simulator():
+def test_trace_source_goes_to_a_worker_process_and_back_and_runs_in_the_simulator():
     source = TraceTasks(synthetic_trace(400, censored_share=0.1), episode_tasks=64)
-    clone = pickle.loads(pickle.dumps(source))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        clone = pool.submit(copy.copy, source).result()  # to a worker process and back
     nodes = make_cluster(6)
     seeds = evaluation_seeds(4)
     a = episode_stats(kube_default, nodes, source, seeds)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import pickle
+import copy
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +92,8 @@ def test_trace_source_reads_and_fits_the_file(tmp_path):
     settings = with_workload(parsed, resolved)
     assert settings.training.workload is resolved.workload
     assert settings.adaptation.workload is resolved.workload
-    clone = pickle.loads(pickle.dumps(settings.training))  # worker processes get it pickled
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        clone = pool.submit(copy.copy, settings.training).result()  # as the operator's workers
     assert len(clone.workload.trace) == 200
 
 
