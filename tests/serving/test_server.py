@@ -2,6 +2,7 @@
 
 import asyncio
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -179,6 +180,17 @@ async def test_malformed_requests_get_400_and_the_server_answers_after(harness):
         )
     scores, _ = await harness.prioritize(pod_object("web-1"), NAMES)
     assert scores["b"] == 10
+
+
+async def test_readable_candidates_with_an_unreadable_pod_get_an_answer_not_an_error(harness):
+    await served(harness)
+    body = json.dumps({"Pod": "not a pod", "NodeNames": NAMES}).encode()
+    status, scores, _ = await harness.call("prioritize", body)
+    assert status == 200 and [s["Host"] for s in scores] == NAMES
+    assert {s["Score"] for s in scores} == {0}  # neutral: the default plugins decide
+    status, result, _ = await harness.call("filter", body)
+    assert status == 200 and result["NodeNames"] == NAMES and not result["Error"]
+    assert harness.sample("metapolicy_serve_fallbacks_total", policy="", reason="unparsable_pod")
 
 
 # ----- filter ------------------------------------------------------------------------------------

@@ -80,7 +80,6 @@ def test_an_empty_node_list_is_not_an_error():
     [
         (b"{not json", "not JSON"),
         (b"[1, 2]", "not a JSON object"),
-        (b'{"NodeNames": ["a"]}', "Pod is missing"),
         (b'{"Pod": {}, "NodeNames": "a"}', "NodeNames is not a list"),
         (b'{"Pod": {}, "Nodes": {"items": [1]}}', "Nodes is not a NodeList"),
         (b'{"Pod": {}}', "neither NodeNames nor Nodes"),
@@ -90,6 +89,12 @@ def test_an_empty_node_list_is_not_an_error():
 def test_malformed_bodies_are_refused_with_the_reason(body, message):
     with pytest.raises(BadRequest, match=message):
         parse_args(body)
+
+
+def test_readable_candidates_without_a_readable_pod_still_parse():
+    args = parse_args(b'{"NodeNames": ["a"]}')
+    assert args.names == ["a"] and args.pod == {}
+    assert "Pod is missing" in args.pod_error
 
 
 def test_host_priority_list_has_exactly_the_go_keys():

@@ -105,6 +105,9 @@ class Placer:
     async def prioritize(self, args: ExtenderArgs, started: float) -> Answer:
         """`started`: time.perf_counter() when the request arrived (the budget counts from it)."""
         count = len(args.names)
+        if args.pod_error:  # the candidates are readable: answer them, transparently
+            self._note("", "unparsable_pod", args.pod_error)
+            return Answer(neutral_scores(count), "fallback", fallbacks=["unparsable_pod"])
         try:
             matched = self.registry.matching(args.pod)
         except Exception as error:
@@ -254,6 +257,9 @@ class Placer:
         """Remove only the candidates the pod cannot fit on by this server's accounting, and
         only for pods an active policy places; every other pod passes untouched."""
         everything = list(range(len(args.names)))
+        if args.pod_error:
+            self._note("", "unparsable_pod", args.pod_error)
+            return FilterAnswer(everything, {}, "fallback", fallbacks=["unparsable_pod"])
         try:
             matched = self.registry.matching(args.pod)
         except Exception as error:

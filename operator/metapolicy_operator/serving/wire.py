@@ -20,14 +20,17 @@ MIN_SCORE, MAX_SCORE = 0, 10  # extenderv1.MinExtenderPriority, MaxExtenderPrior
 
 
 class BadRequest(ValueError):
-    """The body is not an ExtenderArgs: answered with HTTP 400 and the reason in `Error`."""
+    """The body has no readable candidate list, so there is nothing to score: answered with HTTP
+    400 and the reason in `Error` (kube-scheduler never sends such a body; with `ignorable:
+    true` it would schedule without us). Anything with readable candidates gets an answer."""
 
 
 @dataclass(frozen=True)
 class ExtenderArgs:
-    pod: Mapping[str, Any]
+    pod: Mapping[str, Any]  # {} when the request's Pod is unreadable (see pod_error)
     names: list[str]  # the candidate node names, in the order sent
     nodes: list[Mapping[str, Any]] | None  # the full Node objects, when not node-cache capable
+    pod_error: str | None = None  # why the Pod is unreadable: the answer is neutral then
 
     @property
     def node_cache_capable(self) -> bool:
@@ -42,14 +45,14 @@ def parse_args(body: bytes) -> ExtenderArgs:
         raise BadRequest(f"body is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise BadRequest("body is not a JSON object (ExtenderArgs)")
-    pod = data.get("Pod")
+    pod, pod_error = data.get("Pod"), None
     if not isinstance(pod, dict):
-        raise BadRequest("ExtenderArgs.Pod is missing or not an object")
+        pod, pod_error = {}, "ExtenderArgs.Pod is missing or not an object"
     names, nodes = data.get("NodeNames"), data.get("Nodes")
     if names is not None:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise BadRequest("ExtenderArgs.NodeNames is not a list of names")
-        return ExtenderArgs(pod=pod, names=list(names), nodes=None)
+        return ExtenderArgs(pod=pod, names=list(names), nodes=None, pod_error=pod_error)
     if nodes is not None:
         items = nodes.get("items") if isinstance(nodes, dict) else None
         if items is None and isinstance(nodes, dict):
@@ -57,7 +60,7 @@ def parse_args(body: bytes) -> ExtenderArgs:
         if not isinstance(items, list) or not all(isinstance(n, dict) for n in items):
             raise BadRequest("ExtenderArgs.Nodes is not a NodeList")
         names = [str((n.get("metadata") or {}).get("name") or "") for n in items]
-        return ExtenderArgs(pod=pod, names=names, nodes=items)
+        return ExtenderArgs(pod=pod, names=names, nodes=items, pod_error=pod_error)
     raise BadRequest("ExtenderArgs has neither NodeNames nor Nodes")
 
 
