@@ -36,7 +36,7 @@ from metapolicy_operator.planning import Plan, attempt_settings, node_set_hash, 
 from metapolicy_operator.reporting import StatusReporter
 from metapolicy_operator.runtime import Runtime
 from metapolicy_operator.spec import InvalidSpec, PolicySpec, parse_spec
-from metapolicy_operator.status import now_iso
+from metapolicy_operator.status import record_time
 from metapolicy_operator.stores import policy_store
 from metapolicy_operator.training_jobs import JobRunner, TrainingJobFailed
 from metapolicy_operator.workloads import (
@@ -229,7 +229,7 @@ class PolicyController:
         self, spec: PolicySpec, store: CheckpointStore, profiles: list[NodeProfile], p: Plan
     ) -> None:
         names = [n.name for n in profiles]
-        started, clock = now_iso(), time.monotonic()
+        started, clock = record_time(), time.monotonic()
         await self.report.begin(p, f"initial training on {len(profiles)} nodes")
         try:
             if spec.training_backend == "job":
@@ -251,7 +251,7 @@ class PolicyController:
             trigger="initial",
             attempt=1,
             started_at=started,
-            finished_at=now_iso(),
+            finished_at=record_time(),
             node_set_hash=node_set_hash(names),
             time_to_serve=time.monotonic() - clock,
         )
@@ -286,7 +286,7 @@ class PolicyController:
         context = dict(
             **self.workload_fields(),
             attempt=p.attempt,
-            started_at=now_iso(),
+            started_at=record_time(),
             node_set_hash=node_set_hash(names),
             parent_version=backup_version,
             drill=p.drill or None,
@@ -302,7 +302,7 @@ class PolicyController:
             )
             # Without a fine-tune to follow, the zero-shot decision is the adaptation's own.
             zero = first.outcome_record.with_context(
-                trigger="zero-shot" if refining else p.trigger, finished_at=now_iso(), **context
+                trigger="zero-shot" if refining else p.trigger, finished_at=record_time(), **context
             )
             served = zero.outcome is Outcome.PROMOTED
             if served:
@@ -358,7 +358,7 @@ class PolicyController:
             await self.cancelled(store, zero, p, context, active_version, active_names, request)
             return
         record = final.outcome_record.with_context(
-            trigger=p.trigger, finished_at=now_iso(), **context
+            trigger=p.trigger, finished_at=record_time(), **context
         )
         promoted = record.outcome is Outcome.PROMOTED
         if promoted:
@@ -417,7 +417,7 @@ class PolicyController:
             reason_codes=(Reason.TRAINING_JOB_FAILED,),
             strategy=context.get("strategy", "initial"),
             trigger=trigger,
-            finished_at=now_iso(),
+            finished_at=record_time(),
             **{k: v for k, v in context.items() if k != "strategy"},
         )
         await asyncio.to_thread(store.append_record, record.to_json())
@@ -462,7 +462,7 @@ class PolicyController:
             old_nodes=zero.old_nodes,
             new_nodes=zero.new_nodes,
             trigger=p.trigger,
-            finished_at=now_iso(),
+            finished_at=record_time(),
             **context,
         )
         await asyncio.to_thread(store.append_record, record.to_json())
@@ -541,7 +541,7 @@ class PolicyController:
             if request.kind == "promote"
             else ("rollback-to", Reason.ROLLBACK_TO)
         )
-        at = now_iso()
+        at = record_time()
         record = AdaptationRecord(
             outcome=Outcome.PROMOTED,
             reason=f"version {version} made active by {request.annotation}",
@@ -572,7 +572,7 @@ class PolicyController:
         waiting = undecided(records, node_set_hash(names))
         if waiting is None:
             raise Refused("no inconclusive candidate waits for a decision at this node set")
-        at = now_iso()
+        at = record_time()
         return AdaptationRecord(
             outcome=Outcome.ABORTED,
             reason=f"inconclusive candidate version {waiting.get('version')} aborted by a user",

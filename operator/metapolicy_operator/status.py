@@ -12,6 +12,12 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def record_time() -> str:
+    """A record's start or end, to the millisecond: records are ordered by when they finished,
+    and a manual rollback within the second of a promotion must still come after it."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def condition(
     existing: Sequence[Mapping] | None,
     type_: str,
