@@ -66,6 +66,20 @@ async def events_for(api, name: str) -> list[dict]:
     return [e for e in items if e.get("involvedObject", {}).get("name") == name]
 
 
+async def events_with(api, wait_for, name: str, *reasons: str) -> dict[str, str]:
+    """Wait until the object's Events include every reason; return them as reason -> message.
+
+    kopf posts Events from a background queue, so an Event may land after the status
+    write a test waited for.
+    """
+
+    async def posted() -> dict[str, str] | None:
+        events = {e["reason"]: e["message"] for e in await events_for(api, name)}
+        return events if set(reasons) <= set(events) else None
+
+    return await wait_for(posted, SLOW, message=f"Events {reasons} on {name}")
+
+
 async def stored_node_names(api, configmap: str) -> list[str]:
     body = await api.get(f"{CONFIGMAPS}/{configmap}")
     return json.loads(body["data"]["manifest.json"])["meta"]["node_names"]

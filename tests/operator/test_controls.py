@@ -18,7 +18,7 @@ from tests.operator.policies import (
     POLICIES,
     SLOW,
     TINY_SPEC,
-    events_for,
+    events_with,
     node,
     policy,
     ready_with,
@@ -180,7 +180,7 @@ async def test_rollback_to_serves_an_old_version_again_and_refuses_a_missing_one
         )
         assert status["manualRequests"]["rollbackTo"]["state"].startswith("rejected: version 99")
         assert condition(status, "ManualRequest")["status"] == "False"
-        assert "RequestRefused" in {e["reason"] for e in await events_for(api, "web")}
+        await events_with(api, wait_for, "web", "RequestRefused")
 
 
 async def test_a_node_change_during_the_fine_tune_cancels_it_and_starts_over(
@@ -229,7 +229,7 @@ async def test_status_lost_between_writes_is_rebuilt_from_the_store(
         assert status["lastAdaptation"]["version"] == 1
         assert status["eligibleNodes"] == 2  # counters refreshed from the world
         assert status["activeVersion"] == trained["activeVersion"]
-        assert "Recovered" in {e["reason"] for e in await events_for(api, "web")}
+        await events_with(api, wait_for, "web", "Recovered")
         # this operator trained nothing: its metrics count the recovered record
         metrics = await asyncio.to_thread(scrape, f"http://127.0.0.1:{metrics_port}/metrics")
         assert "metapolicy_training_duration_seconds_count 1.0" in metrics
@@ -261,7 +261,7 @@ async def test_the_workload_source_is_reported_and_a_missing_trace_is_a_clear_er
         )
         assert "gone.csv" in condition(status, "Degraded")["message"]
         assert "history" not in status  # nothing trained on a trace that is not there
-        assert "WorkloadUnavailable" in {e["reason"] for e in await events_for(api, "traced")}
+        await events_with(api, wait_for, "traced", "WorkloadUnavailable")
 
 
 async def test_a_pod_two_policies_select_is_a_condition_on_both(

@@ -15,7 +15,7 @@ from tests.operator.policies import (
     MODULE,
     POLICIES,
     SLOW,
-    events_for,
+    events_with,
     gone,
     node,
     policy,
@@ -113,8 +113,7 @@ async def test_more_nodes_than_max_degrades_and_keeps_the_active_policy(
         assert degraded["status"] == "True" and degraded["reason"] == "TooManyNodes"
         assert "4 eligible nodes exceed maxNodes=3" in degraded["message"]
         assert status["activeVersion"] == 1 and status["currentNodes"] == 3
-        reasons = {e["reason"] for e in await events_for(api, "web")}
-        assert "TooManyNodes" in reasons
+        await events_with(api, wait_for, "web", "TooManyNodes")
 
 
 async def test_failing_validation_rolls_back_retries_escalating_then_gives_up(
@@ -149,7 +148,7 @@ async def test_failing_validation_rolls_back_retries_escalating_then_gives_up(
         text = await scrape(metrics_port)
         line = 'metapolicy_rollbacks_total{policy="default/web",reason="retention_below_threshold"}'
         assert f"{line} 2.0" in text
-        assert {"RolledBack"} <= {e["reason"] for e in await events_for(api, "web")}
+        await events_with(api, wait_for, "web", "RolledBack")
 
 
 async def test_invalid_spec_and_malformed_node_data_are_reported(
@@ -168,9 +167,9 @@ async def test_invalid_spec_and_malformed_node_data_are_reported(
         status = await ready_with(api, wait_for, "good", 2)  # the other policy is unaffected
         node_data = next(c for c in status["conditions"] if c["type"] == "NodeData")
         assert node_data["status"] == "False" and "edge-1" in node_data["message"]
-        events = {e["reason"]: e["message"] for e in await events_for(api, "good")}
+        events = await events_with(api, wait_for, "good", "MalformedNodeData")
         assert "edge-1" in events["MalformedNodeData"]
-        assert "InvalidSpec" in {e["reason"] for e in await events_for(api, "bad")}
+        await events_with(api, wait_for, "bad", "InvalidSpec")
 
 
 async def test_restart_mid_adaptation_converges(api, run_operator, wait_for, operator_env):
@@ -302,7 +301,7 @@ async def test_manual_adapt_request_is_served_and_acknowledged(
             SLOW,
         )
         assert status["adaptRequest"]["state"].startswith("rejected:")
-        assert "InvalidAdaptRequest" in {e["reason"] for e in await events_for(api, "web")}
+        await events_with(api, wait_for, "web", "InvalidAdaptRequest")
 
 
 async def test_a_corrupt_stored_version_is_never_served_and_the_policy_recovers(
