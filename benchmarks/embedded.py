@@ -102,10 +102,6 @@ def apply_policy(kube: Kube, name: str, spec: Mapping[str, Any]) -> None:
     kube.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
 
 
-def read_status(kube: Kube, name: str) -> dict[str, Any]:
-    return kube.policy_status(name, NAMESPACE)
-
-
 def scrape(url: str, timeout: float = 10.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read().decode()

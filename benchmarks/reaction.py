@@ -51,7 +51,6 @@ from benchmarks.embedded import (
     node_spec,
     provenance,
     provenance_note,
-    read_status,
     running,
     scrape,
     selector,
@@ -92,7 +91,7 @@ def wait_quiet(env: Environment, expected: list[str], timeout: float) -> dict[st
     operator has re-read the node set after its last adaptation, so the next change is news."""
 
     def quiet() -> dict[str, Any] | None:
-        status = read_status(env.kube, POLICY)
+        status = env.kube.policy_status(POLICY)
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         if conditions.get("Degraded", {}).get("reason") == "AdaptationFailing":
             raise E2EFailure(f"{POLICY} gave up on its node set: {status.get('message')}")
@@ -106,7 +105,7 @@ def wait_quiet(env: Environment, expected: list[str], timeout: float) -> dict[st
 
     what = f"{POLICY} to be Ready and in sync on {len(expected)} nodes"
     return poll(
-        quiet, timeout, what, interval=0.2, describe=lambda: str(read_status(env.kube, POLICY))
+        quiet, timeout, what, interval=0.2, describe=lambda: str(env.kube.policy_status(POLICY))
     )
 
 
@@ -124,7 +123,7 @@ def change(nodes: Nodes, current: list[str], index: int, rng, seed: int) -> tupl
 
 def measure_one(env: Environment, nodes: Nodes, current: list[str], index: int, rng, args):
     """One change, timed from the write's return to the new record in status."""
-    before = len(read_status(env.kube, POLICY).get("history") or [])
+    before = len(env.kube.policy_status(POLICY).get("history") or [])
     kind, name = change(nodes, current, index, rng, args.seed)
     t0 = time.monotonic()
     expected = sorted(set(current) - {name}) if kind == "delete" else sorted([*current, name])
@@ -132,7 +131,7 @@ def measure_one(env: Environment, nodes: Nodes, current: list[str], index: int, 
     seen: dict[str, float] = {}
 
     def records(final: bool) -> dict[str, Any] | None:
-        status = read_status(env.kube, POLICY)
+        status = env.kube.policy_status(POLICY)
         if status.get("phase") == "Adapting" and "adapting" not in seen:
             seen["adapting"] = time.monotonic()
         for record in (status.get("history") or [])[before:]:
@@ -148,7 +147,7 @@ def measure_one(env: Environment, nodes: Nodes, current: list[str], index: int, 
     what = f"the fine-tuned record after {kind} {name}"
     final = poll(lambda: records(True), args.timeout, what, interval=STATUS_POLL)
     t2 = time.monotonic()
-    status = read_status(env.kube, POLICY)
+    status = env.kube.policy_status(POLICY)
     reaction = t1 - t0
     pipeline = float(record.get("adaptationTime", float("nan")))
     adapting = seen.get("adapting")

@@ -58,7 +58,6 @@ from benchmarks.embedded import (
     log_note,
     provenance,
     provenance_note,
-    read_status,
     running,
     scrape,
     selector,
@@ -158,7 +157,7 @@ def consistency(env: Environment) -> dict[str, dict[str, Any]]:
     out = {}
     for group in GROUPS:
         name = policy_name(group)
-        status = read_status(env.kube, name)
+        status = env.kube.policy_status(name)
         want = eligible(nodes, group_selector(group))
         have = sorted(status.get("nodes") or [])
         checks = {
@@ -311,7 +310,7 @@ def storm(env: Environment, groups: dict[str, Group], args, rng, sampler, milest
     records = {}
     for group in GROUPS:
         name = policy_name(group)
-        history = read_status(env.kube, name).get("history") or []
+        history = env.kube.policy_status(name).get("history") or []
         changed = final[name]["eligible"] != initial[name]["eligible"]
         records[name] = adaptations(history[before[name] :], wall, duration, args.settle, changed)
     return {
@@ -395,7 +394,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for group in GROUPS:
                 name = policy_name(group)
                 final = storms[-1]["final"][name]
-                status = read_status(env.kube, name)
+                status = env.kube.policy_status(name)
                 checkpoints[name] = check_checkpoint(env.kube, name, status, final["eligible"])
         finally:
             samples = scraper.finish()

@@ -115,14 +115,14 @@ def train_job(
 
 def _weights(policy) -> dict:
     """The policy as safetensors (base64, so the partial results stay JSON for --resume)."""
-    from metapolicy_operator.jobs import policy_weights
+    from metapolicy.checkpoint import policy_weights
 
     weights, meta = policy_weights(policy)
     return {"safetensors": base64.b64encode(weights).decode("ascii"), "meta": meta}
 
 
 def _policy(weights: dict):
-    from metapolicy_operator.jobs import policy_from_weights
+    from metapolicy.checkpoint import policy_from_weights
 
     return policy_from_weights(base64.b64decode(weights["safetensors"]), weights["meta"])
 

@@ -11,7 +11,7 @@ from metapolicy import compact
 from metapolicy.cluster import NodeProfile
 from metapolicy.policy import ARCHITECTURES, SlotPolicy
 from metapolicy.record import AdaptationRecord
-from metapolicy.store import Checkpoint, CorruptCheckpointError
+from metapolicy.store import Checkpoint, CorruptCheckpointError, tensor_bytes, tensors_from_bytes
 
 # 2: the observation of features.py (only what a scheduler knows). Schema 1 policies read the
 # true task durations and end times; they cannot be served honestly, so they are refused.
@@ -58,6 +58,18 @@ def policy_from_checkpoint(checkpoint: Checkpoint) -> SlotPolicy:
     except (KeyError, ValueError, RuntimeError, TypeError) as error:
         raise CorruptCheckpointError(f"cannot rebuild the policy: {error}") from error
     return policy
+
+
+def policy_weights(policy: SlotPolicy) -> tuple[bytes, dict]:
+    """(safetensors bytes, checkpoint meta): how a policy crosses a process or Job boundary,
+    never pickled."""
+    checkpoint = policy_to_checkpoint(policy)
+    return tensor_bytes(checkpoint.tensors), checkpoint.meta
+
+
+def policy_from_weights(weights: bytes, meta: dict) -> SlotPolicy:
+    """The inverse of `policy_weights`."""
+    return policy_from_checkpoint(Checkpoint(tensors=tensors_from_bytes(weights), meta=meta))
 
 
 def stored_record(meta: dict) -> AdaptationRecord | None:

@@ -69,22 +69,31 @@ class Checkpoint:
     meta: dict[str, Any]
 
 
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """Tensors as safetensors bytes. Cloned so tied or sliced parameters (shared storage, which
+    safetensors refuses) save fine."""
+    return safetensors.torch.save(
+        {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    )
+
+
+def tensors_from_bytes(weights: bytes) -> dict[str, torch.Tensor]:
+    """The inverse of `tensor_bytes`."""
+    return safetensors.torch.load(weights)
+
+
 def encode_checkpoint(
     checkpoint: Checkpoint, version: int, *, created: datetime | None = None
 ) -> tuple[bytes, dict]:
     """Serialise to (safetensors bytes, manifest).
 
-    Tensors are cloned so tied or sliced parameters (shared storage, which safetensors refuses)
-    save fine. `meta` is passed through JSON here so the returned manifest equals what a reader
-    gets back from disk (tuples become lists), and a non-serialisable meta fails at save time.
-    A naive `created` is taken to be UTC.
+    `meta` is passed through JSON here so the returned manifest equals what a reader gets back
+    from disk (tuples become lists), and a non-serialisable meta fails at save time. A naive
+    `created` is taken to be UTC.
     """
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"version must be an int >= 1, got {version!r}")
-    tensors = {
-        name: t.detach().to("cpu").contiguous().clone() for name, t in checkpoint.tensors.items()
-    }
-    weights = safetensors.torch.save(tensors)
+    weights = tensor_bytes(checkpoint.tensors)
     created = created or datetime.now(UTC)
     if created.tzinfo is None:
         created = created.replace(tzinfo=UTC)

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-import safetensors.torch
 
 from metapolicy.checkpoint import stored_record
 from metapolicy.cluster import NodeProfile
 from metapolicy.record import AdaptationRecord, Outcome, Reason
-from metapolicy.store import CheckpointError, CheckpointStore
+from metapolicy.store import CheckpointError, CheckpointStore, tensor_bytes
 from metapolicy_operator import jobs, requests
 from metapolicy_operator.faults import boundary
 from metapolicy_operator.inventory import SelectorError, eligible_profiles
@@ -282,7 +281,7 @@ class PolicyController:
         detail = f"{change} ({moved}) with {p.strategy}"
         await self.report.begin(p, detail)
         settings = attempt_settings(spec.adaptation, p)
-        weights = safetensors.torch.save({k: v.contiguous() for k, v in backup.tensors.items()})
+        weights = tensor_bytes(backup.tensors)
         context = dict(
             **self.workload_fields(),
             attempt=p.attempt,

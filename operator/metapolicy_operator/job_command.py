@@ -20,12 +20,11 @@ from typing import Any
 import kubernetes
 
 from metapolicy.adapt import train_candidate
-from metapolicy.checkpoint import policy_from_checkpoint, stored_record
+from metapolicy.checkpoint import policy_from_checkpoint, policy_weights, stored_record
 from metapolicy.cluster import NodeProfile
 from metapolicy.training import train_initial
 from metapolicy_operator.config import api_client
 from metapolicy_operator.configmap_store import LABEL_MANAGED_BY, MANAGED_BY
-from metapolicy_operator.jobs import policy_weights
 from metapolicy_operator.reporting import GROUP, PLURAL, VERSION
 from metapolicy_operator.spec import parse_spec
 from metapolicy_operator.stores import policy_store

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
-
 from metapolicy.adapt import (
     AdaptationSettings,
     Cancelled,
@@ -28,10 +26,10 @@ from metapolicy.adapt import (
     rollback_drill,
     zero_shot,
 )
-from metapolicy.checkpoint import policy_from_checkpoint, policy_to_checkpoint
+from metapolicy.checkpoint import policy_from_weights, policy_weights
 from metapolicy.cluster import NodeProfile
 from metapolicy.record import AdaptationRecord
-from metapolicy.store import Checkpoint
+from metapolicy.store import Checkpoint, tensors_from_bytes
 from metapolicy.training import TrainingSettings, train_initial
 
 
@@ -45,7 +43,7 @@ class JobResult:
     def checkpoint(self, record: AdaptationRecord) -> Checkpoint:
         """The weights with `record` (the job's, with the operator's context) in the meta."""
         meta = self.meta | {"record": record.to_json()}
-        return Checkpoint(tensors=safetensors.torch.load(self.weights), meta=meta)
+        return Checkpoint(tensors=tensors_from_bytes(self.weights), meta=meta)
 
     @property
     def outcome_record(self) -> AdaptationRecord:
@@ -63,19 +61,6 @@ class Cancellation:
 
     def request(self) -> None:
         Path(self.path).touch()
-
-
-def policy_weights(policy) -> tuple[bytes, dict]:
-    """(safetensors bytes, checkpoint meta): how a policy crosses a process or Job boundary,
-    never pickled."""
-    checkpoint = policy_to_checkpoint(policy)
-    tensors = {k: v.contiguous() for k, v in checkpoint.tensors.items()}
-    return safetensors.torch.save(tensors), checkpoint.meta
-
-
-def policy_from_weights(weights: bytes, meta: dict):
-    """The inverse of `policy_weights`."""
-    return policy_from_checkpoint(Checkpoint(tensors=safetensors.torch.load(weights), meta=meta))
 
 
 def _pack(policy, record: AdaptationRecord, validation: Validation | None = None) -> JobResult:
