@@ -132,10 +132,24 @@ def most_allocated(sim: PlacementSim, obs: Observation) -> np.ndarray:
     return _argmin_where(-score, fits & obs.mask, obs.mask)
 
 
+def best_fit(sim: PlacementSim, obs: Observation) -> np.ndarray:
+    """Best Fit, the classic bin-packing rule: the node with the least room left after the pod,
+    among nodes it fits. Room is absolute, cpu and memory each in units of the cluster's largest
+    node, so a small pod goes to a small node that it fills rather than to a big one. Not a
+    kube-scheduler strategy: MostAllocated ranks nodes by their filled share, which sends that
+    pod to the big node, where it breaks up the room a big pod will need."""
+    _, fits, _ = sim.placement()
+    (cpu_after, memory_after), (cpu, memory) = _after(sim)
+    room = (cpu - cpu_after) / np.max(cpu, axis=-1, keepdims=True)
+    room = room + (memory - memory_after) / np.max(memory, axis=-1, keepdims=True)
+    return _argmin_where(room + 1e-6 * _tie_noise(sim), fits & obs.mask, obs.mask)
+
+
 HEURISTICS: dict[str, Agent] = {
     "greedy": greedy,
     "least_loaded": least_loaded,
     "myopic": myopic,
     "kube_default": kube_default,
     "most_allocated": most_allocated,
+    "best_fit": best_fit,
 }

@@ -3,16 +3,18 @@ import numpy as np
 from metapolicy.baselines import (
     HEURISTICS,
     balanced_allocation_scores,
+    best_fit,
     greedy,
     kube_default,
     kube_default_scores,
     least_allocated_scores,
     least_loaded,
     make_random,
+    most_allocated,
     most_allocated_scores,
     myopic,
 )
-from metapolicy.cluster import make_cluster
+from metapolicy.cluster import NodeProfile, make_cluster
 from metapolicy.evaluation import episode_returns, evaluation_seeds
 
 
@@ -71,3 +73,27 @@ def test_kube_default_spreads_and_only_uses_nodes_the_pod_fits(nodes, workload):
         picks.extend(action.tolist())
         obs, _, done, _ = sim.step(action)
     assert len(set(picks)) == len(nodes)  # least-allocated spreads over every node
+
+
+def test_best_fit_fills_the_small_node_where_most_allocated_breaks_up_the_big_one():
+    """A 16-core node with 8 cores taken and an empty 4-core node, a 2-core pod arriving:
+    MostAllocated ranks by filled share (62% against 50%) and takes the big node; Best Fit
+    leaves 6 cores there and 2 on the small node, so it takes the small one."""
+    from metapolicy.sim import PlacementSim
+
+    nodes = [
+        NodeProfile("big", cpu=16.0, memory_mib=65536.0, latency_ms=1.0),
+        NodeProfile("small", cpu=4.0, memory_mib=16384.0, latency_ms=1.0),
+    ]
+    sim = PlacementSim(nodes, None, batch=1)
+    obs = sim.reset(0)
+    sim.used_cpu[:] = [[8.0, 0.0]]
+    sim.used_memory[:] = [[32768.0, 0.0]]
+    sim.tasks.cpu[0, sim.step_index] = 2.0
+    sim.tasks.memory[0, sim.step_index] = 4096.0
+    sim._placement = None
+    assert most_allocated(sim, obs).tolist() == [0]
+    assert best_fit(sim, obs).tolist() == [1]
+    sim.tasks.cpu[0, sim.step_index] = 6.0  # fits the big node only
+    sim._placement = None
+    assert best_fit(sim, obs).tolist() == [0]
