@@ -139,9 +139,9 @@ def best_fit(sim: PlacementSim, obs: Observation) -> np.ndarray:
     kube-scheduler strategy: MostAllocated ranks nodes by their filled share, which sends that
     pod to the big node, where it breaks up the room a big pod will need."""
     _, fits, _ = sim.placement()
-    (cpu_after, memory_after), (cpu, memory) = _after(sim)
-    room = (cpu - cpu_after) / np.max(cpu, axis=-1, keepdims=True)
-    room = room + (memory - memory_after) / np.max(memory, axis=-1, keepdims=True)
+    (requested_cpu, requested_memory), (cpu, memory) = _after(sim)
+    room = (cpu - requested_cpu) / np.max(cpu, axis=-1, keepdims=True)
+    room = room + (memory - requested_memory) / np.max(memory, axis=-1, keepdims=True)
     return _argmin_where(room + 1e-6 * _tie_noise(sim), fits & obs.mask, obs.mask)
 
 
