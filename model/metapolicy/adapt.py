@@ -231,10 +231,13 @@ def against_zero_shot(final: Decision, v: Validation, zero_shot: StageResult) ->
 
 
 def rollback_drill(candidate: SlotPolicy) -> None:
-    """A `perturb` for rollback drills: the candidate now prefers the most expensive node, a
-    regression that validation must catch and roll back."""
+    """A `perturb` for rollback drills: the candidate now prefers the most expensive node and
+    ignores the filter, so it sends pods where they do not fit: a regression that validation
+    must catch and roll back. Within the filter no rule is reliably bad enough to be caught
+    on a few episodes: the costliest node a pod fits is the fullest, i.e. bin packing."""
     with torch.no_grad():
         candidate.cost_weight.fill_(100.0)
+    candidate.filtered = False
 
 
 @dataclass

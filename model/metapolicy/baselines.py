@@ -21,7 +21,11 @@ def _argmin_where(score: np.ndarray, allowed: np.ndarray, fallback: np.ndarray) 
 
 
 def make_random(seed: int = 0) -> Agent:
-    """Uniform over available nodes: the floor of the normalised score."""
+    """Uniform over available nodes: the floor of the normalised score.
+
+    Without the filter (`Observation.choices`): it is the scale's zero, not a competitor, and
+    uniform over the nodes a pod fits beats every heuristic on some small clusters, which would
+    leave the scale upside down there."""
     rng = np.random.default_rng(seed)
 
     def act(sim: PlacementSim, obs: Observation) -> np.ndarray:

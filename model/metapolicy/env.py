@@ -22,8 +22,9 @@ FEATURE_BOUND = 1e4  # features are ratios and scaled sizes; finite bounds keep 
 class PlacementEnv(gym.Env):
     """Observation: {"nodes": (N, F), "task": (T,), "action_mask": (N,) int8}; action: a node index.
 
-    `info["action_mask"]` repeats the mask for wrappers that look there; `info["cost_ms"]` is
-    the placement cost behind the reward.
+    The mask holds the nodes the task fits (every available one when it fits none), as
+    kube-scheduler's filter passes them on. `info["action_mask"]` repeats the mask for
+    wrappers that look there; `info["cost_ms"]` is the placement cost behind the reward.
     """
 
     metadata: ClassVar[dict] = {"render_modes": []}
@@ -49,7 +50,7 @@ class PlacementEnv(gym.Env):
         return {
             "nodes": obs.nodes[0],
             "task": obs.task[0],
-            "action_mask": obs.mask[0].astype(np.int8),
+            "action_mask": obs.choices[0].astype(np.int8),
         }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -93,6 +93,7 @@ NODE_FEATURES = len(NODE_FEATURE_NAMES)
 TASK_FEATURES = len(TASK_FEATURE_NAMES)
 ATTRIBUTE_FEATURES = len(ATTRIBUTE_NAMES)
 COST_FEATURE = NODE_FEATURE_NAMES.index("cost")
+FITS_FEATURE = NODE_FEATURE_NAMES.index("fits")
 
 
 @dataclass
@@ -105,6 +106,14 @@ class Observation:
     # (B, N) int: which node of the whole node set each column is, when every state shows a
     # different sub-cluster (`metapolicy.subclusters`); None: the caller's node order
     members: np.ndarray | None = None
+
+    @property
+    def choices(self) -> np.ndarray:
+        """(B, N) the nodes a placement may choose: those the task fits, as kube-scheduler's
+        filter passes only those to an extender; every `mask` node when it fits none (it is
+        rejected wherever it goes). The policy's logits mask the same set (`policy`)."""
+        fits = self.mask & (self.nodes[..., FITS_FEATURE] > 0.5)
+        return np.where(fits.any(-1, keepdims=True), fits, self.mask)
 
 
 # ----- pod attributes ------------------------------------------------------------------------

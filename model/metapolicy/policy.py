@@ -24,7 +24,13 @@ import torch
 from torch import nn
 
 from metapolicy.cluster import NodeProfile, TooManyNodes, check_unique
-from metapolicy.features import COST_FEATURE, NODE_FEATURES, TASK_FEATURES, Observation
+from metapolicy.features import (
+    COST_FEATURE,
+    FITS_FEATURE,
+    NODE_FEATURES,
+    TASK_FEATURES,
+    Observation,
+)
 
 MASKED_LOGIT = -1e9
 # Logits start as -30 x (cost / 100 ms): a 3 ms cheaper node is ~1 logit likelier. A fresh policy's
@@ -71,6 +77,8 @@ class SlotPolicy(nn.Module):
         self.nodes = check_unique(nodes)
         self.hidden = hidden
         self.cost_weight = nn.Parameter(torch.tensor(-COST_PRIOR))
+        # Choose only among nodes the task fits (`_with_cost_prior`); off only in rollback drills.
+        self.filtered = True
         self._views: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._env_slots: tuple[Sequence[str] | None, np.ndarray] = (None, np.zeros(0))
         self._slot_of = {node.name: j for j, node in enumerate(self.nodes)}
@@ -181,8 +189,14 @@ class SlotPolicy(nn.Module):
     def _with_cost_prior(
         self, logits: torch.Tensor, nodes: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
+        """The cost prior, then the mask: only nodes the task fits while any does, as
+        kube-scheduler's filter hands an extender only those (`Observation.choices`)."""
         logits = logits + self.cost_weight * nodes[..., COST_FEATURE]
-        return logits.masked_fill(~mask, MASKED_LOGIT)
+        if not self.filtered:
+            return logits.masked_fill(~mask, MASKED_LOGIT)
+        fits = mask & (nodes[..., FITS_FEATURE] > 0.5)
+        choices = torch.where(fits.any(-1, keepdim=True), fits, mask)
+        return logits.masked_fill(~choices, MASKED_LOGIT)
 
     def _forward(self, nodes, task, mask):  # pragma: no cover - abstract
         raise NotImplementedError
