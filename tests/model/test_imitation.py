@@ -39,6 +39,15 @@ def test_imitation_makes_the_policy_choose_like_its_teacher(nodes, workload, pol
     assert before < 0.2 and after > 0.35, (before, after)  # 1 in 6 by chance
 
 
+def test_the_imitation_loss_is_a_cross_entropy_over_the_nodes_the_pod_fits(nodes, workload):
+    """Label smoothing spreads over the nodes the policy may choose; spread over nodes the
+    filter masks (logit -1e9) the loss would be about 1e7 whenever one node is full."""
+    policy = make_policy("node-set", nodes, hidden=16, seed=0)
+    settings = ImitationSettings(teacher="most_allocated", steps=1024, epochs=1, batch=64)
+    result = imitate(policy, nodes, workload, settings)
+    assert 0 < result.loss < 100, result.loss  # untrained logits differ by tens, not 1e7
+
+
 def test_the_best_teacher_is_chosen_on_selection_episodes(nodes, workload):
     name = best_heuristic(nodes, workload, episodes=4)
     assert name in HEURISTICS
