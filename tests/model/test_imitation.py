@@ -39,9 +39,9 @@ def test_imitation_makes_the_policy_choose_like_its_teacher(nodes, workload, pol
     assert before < 0.2 and after > 0.35, (before, after)  # 1 in 6 by chance
 
 
-def test_the_imitation_loss_is_a_cross_entropy_over_the_nodes_the_pod_fits(nodes, workload):
-    """Label smoothing spreads over the nodes the policy may choose; spread over nodes the
-    filter masks (logit -1e9) the loss would be about 1e7 whenever one node is full."""
+def test_the_reported_imitation_loss_is_a_cross_entropy(nodes, workload):
+    """Not the smoothed objective: its share on the nodes the filter masks (logit -1e9) makes
+    it about 1e7 whenever a node is full."""
     policy = make_policy("node-set", nodes, hidden=16, seed=0)
     settings = ImitationSettings(teacher="most_allocated", steps=1024, epochs=1, batch=64)
     result = imitate(policy, nodes, workload, settings)
