@@ -25,7 +25,7 @@ class EpisodeStats:
 
     returns: np.ndarray  # (E,) undiscounted return
     cost_ms: np.ndarray  # (E,) mean placement cost per task, rejections included
-    reject_rate: np.ndarray  # (E,) share of tasks that fit nowhere they were sent
+    reject_rate: np.ndarray  # (E,) share of tasks rejected (fitting no node, but for random)
 
     def summary(self) -> dict[str, float]:
         return {

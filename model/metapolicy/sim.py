@@ -4,8 +4,11 @@ evaluation, the baselines and the gymnasium environment.
 Each step one task arrives and the agent picks a node for it. Placement cost is the node's
 network latency plus a service time that grows like an M/M/1 queue with the node's CPU
 utilisation after placement; a task that does not fit is rejected at a cost that grows with its
-size (`features.placement`). Task streams depend only on the episode seed, never on the actions,
-so every policy evaluated with the same seeds sees the same tasks (common random numbers).
+size (`features.placement`). Agents choose among the nodes a task fits while any does
+(`Observation.choices`, kube-scheduler's filter), so a rejection means it fits nowhere; only
+random, the scale's zero, and a rollback drill ignore the filter. Task streams depend only on
+the episode seed, never on the actions, so every policy evaluated with the same seeds sees the
+same tasks (common random numbers).
 
 The simulator knows each task's true duration, to free its resources when it ends; the
 observation it hands the policy is built by `features.observe` from what a scheduler sees.
