@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 from benchmarks.planner import Planner
+from metapolicy import imitation
 from metapolicy.baselines import HEURISTICS, most_allocated
+from metapolicy.cluster import make_cluster
 from metapolicy.evaluation import episode_returns, evaluation_seeds
 from metapolicy.imitation import ImitationSettings, best_heuristic, imitate, untrained_gap
 from metapolicy.policy import make_policy
 from metapolicy.sim import PlacementSim
+from metapolicy.subclusters import sampled
 from metapolicy.training import TrainingSettings, train_initial
 
 
@@ -73,3 +76,16 @@ def test_training_warm_starts_only_when_the_myopic_start_is_far_off(nodes, workl
     assert always.teacher in HEURISTICS
     score, best = untrained_gap(make_policy("node-set", nodes, 16), nodes, workload, episodes=4)
     assert 0.5 < score < 1.5 and best in HEURISTICS
+
+
+def test_big_clusters_imitate_with_half_the_budget(monkeypatch, workload):
+    """Training on sub-clusters (a cluster above 32 nodes) imitates 32k placements for 8
+    epochs, a whole small cluster 64k for 16."""
+    used = []
+    monkeypatch.setattr(imitation, "imitate", lambda *args: used.append(args[3]))
+    monkeypatch.setattr(imitation, "untrained_gap", lambda *args: (0.0, "most_allocated"))
+    for size in (8, 40):
+        nodes = make_cluster(size, seed=1)
+        policy = make_policy("node-set", nodes, hidden=16, seed=0)
+        imitation.warm_start(policy, sampled(nodes, 32), workload, below=0.9)
+    assert [(u.steps, u.epochs) for u in used] == [(65_536, 16), (32_768, 8)]
