@@ -14,10 +14,10 @@ from metapolicy.sim import PlacementSim
 Agent = Callable[[PlacementSim, Observation], np.ndarray]
 
 
-def _argmin_where(score: np.ndarray, allowed: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    """Lowest score among allowed nodes; rows with none allowed use the fallback set."""
-    use = np.where(allowed.any(-1, keepdims=True), allowed, fallback)
-    return np.argmin(np.where(use, score, np.inf), axis=-1)
+def _lowest(score: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The allowed node with the lowest score, per row. Heuristics allow `obs.choices`, the
+    nodes the pod fits (kube-scheduler's filter), or every available node when it fits none."""
+    return np.argmin(np.where(allowed, score, np.inf), axis=-1)
 
 
 def make_random(seed: int = 0) -> Agent:
@@ -37,21 +37,22 @@ def make_random(seed: int = 0) -> Agent:
 
 def greedy(sim: PlacementSim, obs: Observation) -> np.ndarray:
     """The closest node that still has room."""
-    _, fits, _ = sim.placement()
-    latency = np.broadcast_to(sim.latency, fits.shape)
-    return _argmin_where(latency, fits & obs.mask, obs.mask)
+    latency = np.broadcast_to(sim.latency, obs.mask.shape)
+    return _lowest(latency, obs.choices)
 
 
 def least_loaded(sim: PlacementSim, obs: Observation) -> np.ndarray:
     """The node with the lowest CPU utilisation after placement, among those with room."""
-    _, fits, cpu_after = sim.placement()
-    return _argmin_where(cpu_after, fits & obs.mask, obs.mask)
+    _, _, cpu_after = sim.placement()
+    return _lowest(cpu_after, obs.choices)
 
 
 def myopic(sim: PlacementSim, obs: Observation) -> np.ndarray:
-    """The node with the lowest immediate cost of this placement, congestion included."""
+    """The node with the lowest immediate cost of this placement, congestion included. The
+    only heuristic without the filter: a rejection is a cost like any other to it, so a tiny
+    pod may be dropped rather than queued on a nearly full node."""
     cost, _, _ = sim.placement()
-    return _argmin_where(cost, obs.mask, obs.mask)
+    return _lowest(cost, obs.mask)
 
 
 # ----- kube-scheduler's own scoring ------------------------------------------------------------
@@ -124,16 +125,14 @@ def _after(sim: PlacementSim) -> tuple[tuple[np.ndarray, np.ndarray], tuple]:
 
 def kube_default(sim: PlacementSim, obs: Observation) -> np.ndarray:
     """kube-scheduler's default scoring among the nodes the pod fits (NodeResourcesFit's filter)."""
-    _, fits, _ = sim.placement()
     score = kube_default_scores(*_after(sim)) + _tie_noise(sim)
-    return _argmin_where(-score, fits & obs.mask, obs.mask)
+    return _lowest(-score, obs.choices)
 
 
 def most_allocated(sim: PlacementSim, obs: Observation) -> np.ndarray:
     """Bin packing: NodeResourcesFit with the MostAllocated strategy, among nodes that fit."""
-    _, fits, _ = sim.placement()
     score = most_allocated_scores(*_after(sim)) + _tie_noise(sim)
-    return _argmin_where(-score, fits & obs.mask, obs.mask)
+    return _lowest(-score, obs.choices)
 
 
 def best_fit(sim: PlacementSim, obs: Observation) -> np.ndarray:
@@ -142,11 +141,10 @@ def best_fit(sim: PlacementSim, obs: Observation) -> np.ndarray:
     node, so a small pod goes to a small node that it fills rather than to a big one. Not a
     kube-scheduler strategy: MostAllocated ranks nodes by their filled share, which sends that
     pod to the big node, where it breaks up the room a big pod will need."""
-    _, fits, _ = sim.placement()
     (requested_cpu, requested_memory), (cpu, memory) = _after(sim)
     room = (cpu - requested_cpu) / np.max(cpu, axis=-1, keepdims=True)
     room = room + (memory - requested_memory) / np.max(memory, axis=-1, keepdims=True)
-    return _argmin_where(room + 1e-6 * _tie_noise(sim), fits & obs.mask, obs.mask)
+    return _lowest(room + 1e-6 * _tie_noise(sim), obs.choices)
 
 
 HEURISTICS: dict[str, Agent] = {

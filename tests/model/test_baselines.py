@@ -86,14 +86,19 @@ def test_best_fit_fills_the_small_node_where_most_allocated_breaks_up_the_big_on
         NodeProfile("small", cpu=4.0, memory_mib=16384.0, latency_ms=1.0),
     ]
     sim = PlacementSim(nodes, None, batch=1)
-    obs = sim.reset(0)
+    sim.reset(0)
+
+    def arriving(cpu: float):
+        """The observation of a `cpu`-core pod arriving at the state above."""
+        sim.tasks.cpu[0, sim.step_index] = cpu
+        sim._placement = None
+        return sim._observe()
+
     sim.used_cpu[:] = [[8.0, 0.0]]
     sim.used_memory[:] = [[32768.0, 0.0]]
-    sim.tasks.cpu[0, sim.step_index] = 2.0
     sim.tasks.memory[0, sim.step_index] = 4096.0
-    sim._placement = None
+    obs = arriving(2.0)
     assert most_allocated(sim, obs).tolist() == [0]
     assert best_fit(sim, obs).tolist() == [1]
-    sim.tasks.cpu[0, sim.step_index] = 6.0  # fits the big node only
-    sim._placement = None
+    obs = arriving(6.0)  # fits the big node only
     assert best_fit(sim, obs).tolist() == [0]
