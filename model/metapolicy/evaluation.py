@@ -128,6 +128,14 @@ class Reference:
         high = max(r[pick].mean() for r in self.heuristics.values())
         return float((returns[pick].mean() - low) / max(high - low, 1e-9))
 
+    def resampled_scores(self, returns: np.ndarray, draws: np.ndarray) -> np.ndarray:
+        """`score` over each row of `draws` (resampled seed indices, one resample per row), in
+        one numpy call per agent instead of one per resample: a bootstrap's 1,000 resamples
+        took a tenth of a second in every validation."""
+        low = self.random[draws].mean(-1)
+        high = np.max([r[draws].mean(-1) for r in self.heuristics.values()], axis=0)
+        return (returns[draws].mean(-1) - low) / np.maximum(high - low, 1e-9)
+
 
 def reference(
     nodes: Sequence[NodeProfile], workload: Workload | None, seeds: Sequence[int]
@@ -175,20 +183,15 @@ def retention(
 
     Both evaluations use the same seed list, so a resample draws the same seeds for both.
     """
-    point = _ratio(candidate_new, reference_new, backup_old, reference_old, None)
-    rng = np.random.default_rng(seed)
+    point = reference_new.score(candidate_new) / max(reference_old.score(backup_old), 1e-9)
     n = len(candidate_new)
-    draws = [
-        _ratio(candidate_new, reference_new, backup_old, reference_old, rng.integers(0, n, n))
-        for _ in range(samples)
-    ]
+    draws = np.random.default_rng(seed).integers(0, n, (samples, n))
+    ratios = reference_new.resampled_scores(candidate_new, draws) / np.maximum(
+        reference_old.resampled_scores(backup_old, draws), 1e-9
+    )
     tail = (1 - confidence) / 2
-    low, high = np.quantile(draws, [tail, 1 - tail])
+    low, high = np.quantile(ratios, [tail, 1 - tail])
     return Retention(point, float(low), float(high))
-
-
-def _ratio(cand, ref_new, backup, ref_old, index) -> float:
-    return ref_new.score(cand, index) / max(ref_old.score(backup, index), 1e-9)
 
 
 def evaluation_seeds(episodes: int, base: int = VALIDATION_SEED_BASE) -> list[int]:
