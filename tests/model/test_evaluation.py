@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from metapolicy.baselines import HEURISTICS, make_random
-from metapolicy.evaluation import episode_returns, evaluation_seeds, reference, retention
+from metapolicy.evaluation import (
+    Reference,
+    episode_returns,
+    evaluation_seeds,
+    reference,
+    retention,
+)
 
 
 @pytest.fixture
@@ -42,3 +48,17 @@ def test_retention_interval_brackets_the_point_and_widens_with_noise(nodes, work
     kept = retention(bad, ref, good, ref)
     assert kept.low <= kept.value <= kept.high
     assert kept.value < 1.0
+
+
+def test_resampled_scores_are_the_score_of_each_resample():
+    """The bootstrap scores every resample at once; each row must be `score` on those seeds."""
+    rng = np.random.default_rng(3)
+    ref = Reference(
+        random=rng.normal(-5, 1, 12),
+        heuristics={"a": rng.normal(-3, 1, 12), "b": rng.normal(-3, 1, 12)},
+    )
+    returns = rng.normal(-2.5, 1, 12)
+    draws = rng.integers(0, 12, (50, 12))
+    expected = [ref.score(returns, row) for row in draws]
+    assert ref.resampled_scores(returns, draws) == pytest.approx(expected, rel=1e-12)
+    assert len(set(np.round(expected, 9))) > 1  # the resamples differ, so the check has teeth
