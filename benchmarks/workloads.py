@@ -201,10 +201,10 @@ def planner_job(name: str, spec: str, episodes: int, true_future: bool) -> dict:
 
 def bootstrap(ref, returns: np.ndarray, samples: int = 1000, seed: int = 0) -> tuple:
     """90% paired bootstrap interval of S over the episodes."""
-    rng = np.random.default_rng(seed)
     n = len(returns)
-    draws = [ref.score(returns, rng.integers(0, n, n)) for _ in range(samples)]
-    return tuple(float(q) for q in np.quantile(draws, [0.05, 0.95]))
+    draws = np.random.default_rng(seed).integers(0, n, (samples, n))
+    scores = ref.resampled_scores(returns, draws)
+    return tuple(float(q) for q in np.quantile(scores, [0.05, 0.95]))
 
 
 # ----- tables -------------------------------------------------------------------------------------
