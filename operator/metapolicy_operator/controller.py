@@ -117,6 +117,14 @@ class PolicyController:
         while not stopped and (remaining := self.last_change + window - time.monotonic()) > 0:
             await stopped.wait(remaining)
 
+    def settled(self, read_at: float, spec: PolicySpec) -> bool:
+        """Whether the node set read at ``read_at`` had been quiet for the settle window.
+
+        `settle` runs before each reconcile, but a burst that begins after it ended and before
+        the reconcile read the nodes (a reconcile right after a training or a spec change) was
+        read half-applied: one adaptation to a partial node set, then another."""
+        return self.last_change <= read_at - spec.settle_seconds
+
     # ----- reconcile --------------------------------------------------------------------------
     async def reconcile_safely(self) -> float | None:
         try:
@@ -140,6 +148,7 @@ class PolicyController:
             return None  # deleted; kopf stops this daemon
         try:
             spec = parse_spec(self.report.current.get("spec"))
+            read_at = time.monotonic()
             profiles, issues, _ = eligible_profiles(self.nodes_now(), spec.selector)
         except (InvalidSpec, SelectorError) as error:
             await self.invalid_spec(error)
@@ -183,6 +192,8 @@ class PolicyController:
                 "drill": adapt_request.drill,
             },
         )
+        if decision.action in ("train", "adapt") and not self.settled(read_at, spec):
+            return 0  # a node changed during this reconcile: settle, then act on the final set
         if decision.action == "train":
             await self.train(spec, store, profiles, decision)
             return 0
