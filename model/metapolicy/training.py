@@ -91,7 +91,7 @@ def train_initial(
     policy = make_policy(s.architecture, nodes, s.hidden, s.seed).to(device)
     view = sampled(nodes, s.subcluster if policy.scores_subsets else None, s.seed)
     started = time.perf_counter()
-    teacher = warm_start(policy, view, s.workload, s.imitate_below, s.seed)
+    teacher = warm_start(policy, view, s.workload, s.imitate_below, s.seed, s.steps)
     warm_seconds = time.perf_counter() - started
 
     stats, best = train_keeping_best(

@@ -80,12 +80,18 @@ def test_training_warm_starts_only_when_the_myopic_start_is_far_off(nodes, workl
 
 def test_big_clusters_imitate_with_half_the_budget(monkeypatch, workload):
     """Training on sub-clusters (a cluster above 32 nodes) imitates 32k placements for 8
-    epochs, a whole small cluster 64k for 16."""
+    epochs, a whole small cluster 64k for 16; never more placements than the training's own
+    step budget."""
     used = []
     monkeypatch.setattr(imitation, "imitate", lambda *args: used.append(args[3]))
     monkeypatch.setattr(imitation, "untrained_gap", lambda *args: (0.0, "most_allocated"))
-    for size in (8, 40):
+    for size, budget in ((8, 300_000), (40, 300_000), (8, 1024), (40, 20_000)):
         nodes = make_cluster(size, seed=1)
         policy = make_policy("node-set", nodes, hidden=16, seed=0)
-        imitation.warm_start(policy, sampled(nodes, 32), workload, below=0.9)
-    assert [(u.steps, u.epochs) for u in used] == [(65_536, 16), (32_768, 8)]
+        imitation.warm_start(policy, sampled(nodes, 32), workload, below=0.9, budget=budget)
+    assert [(u.steps, u.epochs) for u in used] == [
+        (65_536, 16),
+        (32_768, 8),
+        (1024, 16),
+        (20_000, 8),
+    ]
