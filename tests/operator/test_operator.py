@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import kmock
@@ -76,15 +78,23 @@ async def test_taint_for_removal_drops_that_middle_slot_before_deletion(
         assert await stored_node_names(api, "web-v000002") == ["edge-0", "edge-2", "edge-3"]
 
 
-async def test_a_burst_of_changes_yields_one_adaptation(api, run_operator, wait_for, operator_env):
+@contextlib.asynccontextmanager
+async def ready_on_three_nodes(api, run_operator, wait_for) -> AsyncIterator[None]:
+    """Policy `web` trained and Ready on edge-0..2, with a 3 s settle window; the operator
+    runs inside the block."""
     for i in range(3):
         await api.create("/api/v1/nodes", node(f"edge-{i}"))
-    # The 20 writes take well under a second. (A double adaptation once seen here, with 3 s
-    # and with 10 s windows, was a reconcile that began just before the burst: next test.)
     spec = {"adaptation": {"settleSeconds": 3, "budgetSteps": 512, "backoffSeconds": 1}}
     await api.create(POLICIES, policy("web", **spec))
     async with run_operator(modules=[MODULE]):
         await ready_with(api, wait_for, "web", 3)
+        yield
+
+
+async def test_a_burst_of_changes_yields_one_adaptation(api, run_operator, wait_for, operator_env):
+    # The 20 writes take well under a second. (A double adaptation once seen here, with 3 s
+    # and with 10 s windows, was a reconcile that began just before the burst: next test.)
+    async with ready_on_three_nodes(api, run_operator, wait_for):
         changes = 0
         for i in range(3, 8):  # 5 joins
             await api.create("/api/v1/nodes", node(f"edge-{i}"))
@@ -108,12 +118,7 @@ async def test_a_burst_that_begins_during_a_reconcile_still_settles(
     """The race behind a rare double adaptation in the test above: a reconcile that starts
     just before a burst (after a training, or woken by a spec change as here) read the node
     set after the burst's first change, and adapted to that half of it at once."""
-    for i in range(3):
-        await api.create("/api/v1/nodes", node(f"edge-{i}"))
-    spec = {"adaptation": {"settleSeconds": 3, "budgetSteps": 512, "backoffSeconds": 1}}
-    await api.create(POLICIES, policy("web", **spec))
-    async with run_operator(modules=[MODULE]):
-        await ready_with(api, wait_for, "web", 3)
+    async with ready_on_three_nodes(api, run_operator, wait_for):
         first_change_seen = asyncio.Event()
         refresh = StatusReporter.refresh
 
