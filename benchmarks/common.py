@@ -54,3 +54,11 @@ def machine_info() -> dict:
 def write_json(path: str, data: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+def bootstrap(ref, returns: np.ndarray, samples: int = 1000, seed: int = 0) -> tuple:
+    """90% paired bootstrap interval of S over the episodes."""
+    n = len(returns)
+    draws = np.random.default_rng(seed).integers(0, n, (samples, n))
+    scores = ref.resampled_scores(returns, draws)
+    return tuple(float(q) for q in np.quantile(scores, [0.05, 0.95]))

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_info, write_json
+from benchmarks.common import bootstrap, machine_info, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ALIBABA = REPO.parent / "shared/traces/alibaba-gpu-v2023/openb_pod_list_default.csv"
@@ -197,14 +197,6 @@ def planner_job(name: str, spec: str, episodes: int, true_future: bool) -> dict:
         "seconds": time.perf_counter() - start,
         **stats.summary(),
     }
-
-
-def bootstrap(ref, returns: np.ndarray, samples: int = 1000, seed: int = 0) -> tuple:
-    """90% paired bootstrap interval of S over the episodes."""
-    n = len(returns)
-    draws = np.random.default_rng(seed).integers(0, n, (samples, n))
-    scores = ref.resampled_scores(returns, draws)
-    return tuple(float(q) for q in np.quantile(scores, [0.05, 0.95]))
 
 
 # ----- tables -------------------------------------------------------------------------------------
