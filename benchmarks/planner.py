@@ -1,27 +1,31 @@
 """A model-predictive planner: the reference ceiling a learned policy is compared with.
 
 Not served and not a target: for each candidate node it simulates the next `horizon` tasks
-under the myopic rule and picks the node with the cheapest simulated future. The future is
-drawn from the workload (a contiguous run of tasks from training episodes, so bursts stay
-bursts), and so are the remaining run times of the running pods and the run time of the pod
-being placed (from run times of the same QoS class longer than what the pod has already run):
-it knows the workload's statistics, not what will happen. With `true_future=True` it is handed
-the real next tasks and every real end time instead: how much knowing the future is worth.
+under a rollout rule (the myopic rule unless told) and picks the node with the cheapest
+simulated future. What it does not know it draws from the workload: the next tasks as a
+contiguous run of tasks from training episodes (so bursts stay bursts), the remaining run times
+of the running pods and the run time of the pod being placed from run times of the same QoS
+class and size longer than what the pod has already run. `knows` hands it the truth instead:
+`arrivals` (the real next tasks: sizes, classes, arrival times), `durations` (every real end
+time and run time), or both, which is the true future. Comparing the four says what each part
+of the future is worth on a workload, and whether a planner that knows only what a scheduler
+knows gains anything over its own rollout rule.
 
     .venv/bin/python -m benchmarks.planner --workload synthetic --episodes 16
+    .venv/bin/python -m benchmarks.planner --workload trace:PATH --rollout best_fit \\
+        --samples 32 --margin 1 --decompose --out benchmarks/results/planner-alibaba
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from metapolicy.baselines import myopic
+from metapolicy.baselines import HEURISTICS
 from metapolicy.cluster import NodeProfile, make_cluster
 from metapolicy.evaluation import episode_stats, evaluation_seeds, reference_stats
 from metapolicy.features import Observation
@@ -30,6 +34,8 @@ from metapolicy.traces import TaskBatch, Workload, task_source
 
 POOL_EPISODES = 64
 NEVER = 1e15  # arrival time of tasks past the episode's end: they never count
+KNOWABLE = ("arrivals", "durations")
+TASK_FIELDS = ("cpu", "memory", "duration", "arrival", "qos", "attributes")
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,12 @@ def _keys(qos: np.ndarray, cpu: np.ndarray) -> np.ndarray:
 
 
 class Planner:
-    """An `Agent` (sim, obs) -> actions that plans by simulation."""
+    """An `Agent` (sim, obs) -> actions that plans by simulation.
+
+    With `samples` > 1 every candidate is simulated against the same `samples` imagined
+    futures; `margin` > 0 makes it conservative: it leaves the rollout rule's own choice only
+    for a node whose simulated saving exceeds `margin` standard errors of the paired
+    difference (policy improvement that does not chase the futures' noise)."""
 
     def __init__(
         self,
@@ -61,11 +72,21 @@ class Planner:
         workload: Workload | None,
         horizon: int = 48,
         samples: int = 1,
-        true_future: bool = False,
+        knows: Collection[str] = (),
+        rollout: str = "myopic",
+        margin: float = 0.0,
         seed: int = 0,
     ) -> None:
-        self.nodes, self.horizon, self.samples = list(nodes), horizon, samples
-        self.true_future = true_future
+        unknown = set(knows) - set(KNOWABLE)
+        if unknown:
+            raise ValueError(f"a planner can know {', '.join(KNOWABLE)}, not {sorted(unknown)}")
+        if rollout not in HEURISTICS:
+            raise ValueError(
+                f"unknown rollout rule {rollout!r}; choose from {', '.join(HEURISTICS)}"
+            )
+        self.knows, self.rollout, self.margin = frozenset(knows), HEURISTICS[rollout], margin
+        self.nodes, self.horizon = list(nodes), horizon
+        self.samples = 1 if self.true_future else samples  # nothing left to draw
         self.rng = np.random.default_rng(seed)
         capacity = sum(n.cpu for n in nodes)
         largest = (max(n.cpu for n in nodes), max(n.memory_mib for n in nodes))
@@ -77,6 +98,10 @@ class Planner:
         self.durations = {int(k): np.sort(duration[(keys == k) & finite]) for k in np.unique(keys)}
         self.by_qos = {int(k): np.sort(duration[(qos == k) & finite]) for k in np.unique(qos)}
         self.all_durations = np.sort(duration[finite])
+
+    @property
+    def true_future(self) -> bool:
+        return self.knows == frozenset(KNOWABLE)
 
     # ----- sampling what the planner does not know ------------------------------------------------
     def _duration_given_age(self, qos: np.ndarray, cpu: np.ndarray, age: np.ndarray) -> np.ndarray:
@@ -103,36 +128,52 @@ class Planner:
         h = min(self.horizon, self.pool.episode_tasks - 1)
         rows = np.repeat(np.arange(b), self.samples)
         n = len(rows)
-        now = sim.now[rows]
-        out = {}
-        if self.true_future:
+        if "arrivals" in self.knows:
             t = sim.tasks
             cols = np.minimum(i + np.arange(h + 1), t.episode_tasks - 1)
-            for name in ("cpu", "memory", "duration", "qos", "arrival", "attributes"):
-                out[name] = getattr(t, name)[rows][:, cols]
+            out = {name: getattr(t, name)[rows][:, cols] for name in TASK_FIELDS}
             late = i + np.arange(h + 1) >= t.episode_tasks  # past the episode: never arrive
             out["arrival"] = np.where(late[None, :], NEVER, out["arrival"])
-            return TaskBatch(**out)
-        pool = self.pool
-        episode = self.rng.integers(0, pool.cpu.shape[0], n)
-        start = self.rng.integers(0, pool.episode_tasks - h, n)
-        cols = start[:, None] + np.arange(1, h + 1)[None, :]
-        gaps = np.diff(pool.arrival[episode[:, None], np.c_[start, cols]], axis=1)
-        out["arrival"] = np.c_[now, now[:, None] + np.cumsum(gaps, axis=1)]
-        for name in ("cpu", "memory", "duration", "qos", "attributes"):
-            current = getattr(sim.tasks, name)[rows, i][:, None]
-            out[name] = np.concatenate([current, getattr(pool, name)[episode[:, None], cols]], 1)
-        out["duration"][:, 0] = self._duration_given_age(
-            out["qos"][:, 0], out["cpu"][:, 0], np.zeros(n)
-        )
+        else:
+            pool, now = self.pool, sim.now[rows]
+            episode = self.rng.integers(0, pool.cpu.shape[0], n)
+            start = self.rng.integers(0, pool.episode_tasks - h, n)
+            cols = start[:, None] + np.arange(1, h + 1)[None, :]
+            gaps = np.diff(pool.arrival[episode[:, None], np.c_[start, cols]], axis=1)
+            out = {"arrival": np.c_[now, now[:, None] + np.cumsum(gaps, axis=1)]}
+            for name in ("cpu", "memory", "duration", "qos", "attributes"):
+                current = getattr(sim.tasks, name)[rows, i][:, None]
+                out[name] = np.concatenate(
+                    [current, getattr(pool, name)[episode[:, None], cols]], 1
+                )
+        if "durations" not in self.knows:
+            # the real next tasks, or drawn ones: either way no run time it could not know
+            drawn = self._duration_given_age(
+                out["qos"].ravel(), out["cpu"].ravel(), np.zeros(out["qos"].size)
+            ).reshape(out["qos"].shape)
+            first = slice(None) if "arrivals" in self.knows else slice(0, 1)
+            out["duration"][:, first] = drawn[:, first]
         return TaskBatch(**out)
 
-    def __call__(self, sim: PlacementSim, obs: Observation) -> np.ndarray:
-        """Every candidate node of an episode is tried against the same imagined futures
-        (common random numbers), so their comparison is not drowned in the futures' noise."""
+    def _ends(self, sim: PlacementSim) -> np.ndarray:
+        """End times of the running pods, drawn given their ages: (B * samples, N, S)."""
+        rows = np.repeat(np.arange(sim.batch), self.samples)
+        if "durations" in self.knows:
+            return sim.end[rows].copy()
+        start, held = sim.start[rows], sim.held_cpu[rows]
+        running = held > 0
+        age = (sim.now[rows][:, None, None] - start)[running]
+        end = np.zeros(held.shape)
+        end[running] = start[running] + self._duration_given_age(
+            sim.held_qos[rows][running], held[running], age
+        )
+        return end
+
+    def _simulated_costs(self, sim: PlacementSim) -> np.ndarray:
+        """(B, N, samples): the cost of the next tasks after placing the current one on each
+        node, every candidate against the same imagined futures (common random numbers)."""
         b, size, k = sim.batch, sim.size, self.samples
-        futures = self._futures(sim)  # (b * k) rows
-        ends = None if self.true_future else self._ends(sim)  # (b * k, N, S)
+        futures, ends = self._futures(sim), self._ends(sim)  # (b * k) rows
         # layout: episode, candidate, sample
         pick = (np.arange(b)[:, None, None] * k + np.arange(k)[None, None, :]).repeat(size, 1)
         pick = pick.reshape(-1)
@@ -145,40 +186,95 @@ class Planner:
         rows = pick // k
         for name in ("start", "held_cpu", "held_memory", "held_qos", "used_cpu", "used_memory"):
             setattr(look, name, getattr(sim, name)[rows].copy())
-        look.end = sim.end[rows].copy() if ends is None else ends[pick]
+        look.end = ends[pick]
         look._placement = None
-        first = np.tile(np.repeat(np.arange(size), k), b)
-        total = np.zeros(len(pick))
-        look_obs, done = None, False
-        actions = first
+        actions = np.tile(np.repeat(np.arange(size), k), b)
+        total, done = np.zeros(len(pick)), False
         while not done:
             counts = look.tasks.arrival[:, look.step_index] < NEVER
             look_obs, _, done, cost = look.step(actions)
             total += np.where(counts, cost, 0.0)
             if not done:
-                actions = myopic(look, look_obs)
-        score = total.reshape(b, size, k).mean(-1)
-        score = np.where(sim.available[None, :], score, np.inf)
-        return np.argmin(score, axis=-1)
+                actions = self.rollout(look, look_obs)
+        return total.reshape(b, size, k)
 
-    def _ends(self, sim: PlacementSim) -> np.ndarray:
-        """End times of the running pods, drawn given their ages: (B * samples, N, S)."""
-        rows = np.repeat(np.arange(sim.batch), self.samples)
-        start, held = sim.start[rows], sim.held_cpu[rows]
-        running = held > 0
-        age = (sim.now[rows][:, None, None] - start)[running]
-        end = np.zeros(held.shape)
-        end[running] = start[running] + self._duration_given_age(
-            sim.held_qos[rows][running], held[running], age
+    def __call__(self, sim: PlacementSim, obs: Observation) -> np.ndarray:
+        costs = self._simulated_costs(sim)
+        if self.margin <= 0:
+            score = costs.mean(-1)
+        else:
+            own = np.asarray(self.rollout(sim, obs))
+            rows = np.arange(sim.batch)
+            saving = costs - costs[rows, own][:, None, :]  # paired with the rule's own choice
+            spread = saving.std(-1, ddof=1) if self.samples > 1 else np.zeros(saving.shape[:2])
+            score = saving.mean(-1) + self.margin * spread / np.sqrt(self.samples)
+            score[rows, own] = 0.0
+        return np.argmin(np.where(obs.choices, score, np.inf), axis=-1)
+
+
+# ----- the benchmark ------------------------------------------------------------------------------
+def plan_job(spec: str, nodes: int, episodes: int, knows: tuple[str, ...], options: dict) -> dict:
+    """One planner over the validation episodes, scored against every heuristic on them."""
+    import torch
+
+    from benchmarks.common import bootstrap
+    from metapolicy.sources import load_workload
+
+    torch.set_num_threads(1)
+    workload, cluster = load_workload(spec), make_cluster(nodes)
+    seeds = evaluation_seeds(episodes)
+    ref, heuristics = reference_stats(cluster, workload, seeds)
+    start = time.perf_counter()
+    stats = episode_stats(
+        Planner(cluster, workload, knows=knows, **options), cluster, workload, seeds
+    )
+    best = heuristics[ref.best]
+    return {
+        "knows": list(knows),
+        "true_future": set(knows) == set(KNOWABLE),
+        "episodes": episodes,
+        "score": ref.score(stats.returns),
+        "interval": list(bootstrap(ref, stats.returns)),
+        "seconds": time.perf_counter() - start,
+        "best_heuristic": {"name": ref.best, **best.summary()},
+        **stats.summary(),
+    }
+
+
+def knowledge_sets(decompose: bool) -> list[tuple[str, ...]]:
+    """Drawn and true future; with `decompose` also each part of the future alone."""
+    if decompose:
+        return [(), ("durations",), ("arrivals",), KNOWABLE]
+    return [(), KNOWABLE]
+
+
+def table(results: list[dict], args: argparse.Namespace) -> str:
+    best = results[0]["best_heuristic"]
+    lines = [
+        f"# What the future is worth to a planner ({args.workload}, make_cluster({args.nodes}))",
+        "",
+        f"Rollout rule {args.rollout}, {args.horizon} tasks ahead, {args.samples} imagined "
+        f"futures per decision, margin {args.margin} standard errors, {args.episodes} validation "
+        f"episodes. S = 1 is the best heuristic there, {best['name']}: "
+        f"{best['cost_ms']:.1f} ms per task, {100 * best['reject_rate']:.2f}% rejected.",
+        "",
+        "| the planner knows | S [90% interval] | cost ms/task | rejected | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        knows = " and ".join(r["knows"]) or "only what a scheduler knows (all drawn)"
+        low, high = r["interval"]
+        lines.append(
+            f"| {knows} | {r['score']:.3f} [{low:.3f}, {high:.3f}] | {r['cost_ms']:.1f} | "
+            f"{100 * r['reject_rate']:.2f}% | {r['seconds']:.0f} |"
         )
-        return end
-
-
-TASK_FIELDS = ("cpu", "memory", "duration", "arrival", "qos", "attributes")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from metapolicy.sources import load_workload
+    from concurrent.futures import ProcessPoolExecutor
+
+    from benchmarks.common import machine_info, write_json
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="synthetic")
@@ -186,20 +282,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, default=8)
     parser.add_argument("--horizon", type=int, default=48)
     parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--rollout", default="myopic", choices=list(HEURISTICS))
+    parser.add_argument("--margin", type=float, default=0.0)
+    parser.add_argument(
+        "--decompose", action="store_true", help="also knowing only arrivals, only durations"
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", help="write <out>.json and <out>.md")
     args = parser.parse_args(argv)
-    workload = load_workload(args.workload)
-    nodes = make_cluster(args.nodes)
-    seeds = evaluation_seeds(args.episodes)
-    ref, _ = reference_stats(nodes, workload, seeds)
-    out = {}
-    for true_future in (False, True):
-        start = time.perf_counter()
-        planner = Planner(nodes, workload, args.horizon, args.samples, true_future)
-        stats = episode_stats(planner, nodes, workload, seeds)
-        key = "true_future" if true_future else "drawn_future"
-        out[key] = {"score": ref.score(stats.returns), **stats.summary()}
-        out[key]["seconds"] = time.perf_counter() - start
-    print(json.dumps(out, indent=2))
+    options = dict(horizon=args.horizon, samples=args.samples, rollout=args.rollout)
+    options["margin"] = args.margin
+    sets = knowledge_sets(args.decompose)
+    with ProcessPoolExecutor(args.workers) as pool:
+        jobs = [
+            pool.submit(plan_job, args.workload, args.nodes, args.episodes, knows, options)
+            for knows in sets
+        ]
+        results = [job.result() for job in jobs]
+    print(table(results, args))
+    if args.out:
+        write_json(
+            f"{args.out}.json",
+            {"args": vars(args), "machine": machine_info(), "results": results},
+        )
+        with open(f"{args.out}.md", "w") as f:
+            f.write(table(results, args))
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def reference_job(name: str, spec: str, episodes: int) -> dict:
 
 def planner_job(name: str, spec: str, episodes: int, true_future: bool) -> dict:
     _setup()
-    from benchmarks.planner import Planner
+    from benchmarks.planner import KNOWABLE, Planner
     from metapolicy.cluster import make_cluster
     from metapolicy.evaluation import episode_stats, evaluation_seeds, reference
     from metapolicy.sources import load_workload
@@ -187,7 +187,8 @@ def planner_job(name: str, spec: str, episodes: int, true_future: bool) -> dict:
     nodes = make_cluster(NODES)
     seeds = evaluation_seeds(episodes)
     start = time.perf_counter()
-    stats = episode_stats(Planner(nodes, workload, true_future=true_future), nodes, workload, seeds)
+    planner = Planner(nodes, workload, knows=KNOWABLE if true_future else ())
+    stats = episode_stats(planner, nodes, workload, seeds)
     ref = reference(nodes, workload, seeds)
     return {
         "workload": name,
