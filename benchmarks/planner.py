@@ -22,6 +22,7 @@ import argparse
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -248,10 +249,16 @@ def knowledge_sets(decompose: bool) -> list[tuple[str, ...]]:
     return [(), KNOWABLE]
 
 
+def workload_name(spec: str) -> str:
+    """A trace by its file name, not its whole path."""
+    return spec if spec in ("synthetic", "") else Path(spec.rsplit(":", 1)[-1]).name
+
+
 def table(results: list[dict], args: argparse.Namespace) -> str:
     best = results[0]["best_heuristic"]
     lines = [
-        f"# What the future is worth to a planner ({args.workload}, make_cluster({args.nodes}))",
+        f"# What the future is worth to a planner ({workload_name(args.workload)}, "
+        f"make_cluster({args.nodes}))",
         "",
         f"Rollout rule {args.rollout}, {args.horizon} tasks ahead, {args.samples} imagined "
         f"futures per decision, margin {args.margin} standard errors, {args.episodes} validation "
