@@ -363,6 +363,7 @@ def main() -> None:
     start = time.perf_counter()
     partial = Path(f"{args.out}.partial.json")
     done = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
+    resumed = sorted(done)  # jobs of an earlier run, not run again
     with tempfile.TemporaryDirectory() as scratch:
         args.scratch = scratch
         specs = workload_specs(args)
@@ -376,6 +377,7 @@ def main() -> None:
         "args": {k: v for k, v in vars(args).items() if k != "scratch"},
         "machine": machine_info(),
         "seconds": time.perf_counter() - start,
+        "resumed": resumed,
         "references": references,
         "trained": trained,
         "planner": planners,
@@ -383,9 +385,10 @@ def main() -> None:
     }
     write_json(f"{args.out}.json", data)
     partial.unlink(missing_ok=True)
+    again = f", {len(resumed)} jobs of an earlier run resumed" if resumed else ""
     sections = [
         f"# Workloads ({NODES} nodes, hidden 64, seeds {args.seeds}, {args.episodes} validation "
-        f"episodes, {data['seconds'] / 60:.0f} min)",
+        f"episodes, {data['seconds'] / 60:.0f} min{again})",
         "S: 0 = random, 1 = the best heuristic on that workload; cost: mean placement cost per "
         "task in ms, rejections included; rejected: share of tasks that fit nowhere they were "
         "sent. Planner rows: the model-predictive reference (benchmarks/planner.py), not served.",
