@@ -237,7 +237,7 @@ def agents_table(name: str, ref: dict, trained: list[dict], planner: list[dict])
                     f"{_mean_sd([s['cost_ms'] for s in served], '.1f')} | "
                     f"{_mean_sd([100 * s['reject_rate'] for s in served], '.2f')}% | |"
                 )
-    for p in planner:
+    for p in sorted(planner, key=lambda p: p["true_future"]):
         label = "planner, true future" if p["true_future"] else "planner, drawn futures"
         lines.append(
             f"| {label} ({p['episodes']} ep.) | {p['score']:.3f} | {p['cost_ms']:.1f} | "
