@@ -225,19 +225,18 @@ def plan_job(spec: str, nodes: int, episodes: int, knows: tuple[str, ...], optio
     workload, cluster = load_workload(spec), make_cluster(nodes)
     seeds = evaluation_seeds(episodes)
     ref, heuristics = reference_stats(cluster, workload, seeds)
+    planner = Planner(cluster, workload, knows=knows, **options)
     start = time.perf_counter()
-    stats = episode_stats(
-        Planner(cluster, workload, knows=knows, **options), cluster, workload, seeds
-    )
-    best = heuristics[ref.best]
+    stats = episode_stats(planner, cluster, workload, seeds)
+    seconds = time.perf_counter() - start
     return {
         "knows": list(knows),
-        "true_future": set(knows) == set(KNOWABLE),
+        "true_future": planner.true_future,
         "episodes": episodes,
         "score": ref.score(stats.returns),
         "interval": list(bootstrap(ref, stats.returns)),
-        "seconds": time.perf_counter() - start,
-        "best_heuristic": {"name": ref.best, **best.summary()},
+        "seconds": seconds,
+        "best_heuristic": {"name": ref.best, **heuristics[ref.best].summary()},
         **stats.summary(),
     }
 
@@ -251,7 +250,7 @@ def knowledge_sets(decompose: bool) -> list[tuple[str, ...]]:
 
 def workload_name(spec: str) -> str:
     """A trace by its file name, not its whole path."""
-    return spec if spec in ("synthetic", "") else Path(spec.rsplit(":", 1)[-1]).name
+    return Path(spec.rsplit(":", 1)[-1]).name if ":" in spec else spec
 
 
 def table(results: list[dict], args: argparse.Namespace) -> str:

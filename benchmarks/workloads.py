@@ -178,26 +178,10 @@ def reference_job(name: str, spec: str, episodes: int) -> dict:
 
 def planner_job(name: str, spec: str, episodes: int, true_future: bool) -> dict:
     _setup()
-    from benchmarks.planner import KNOWABLE, Planner
-    from metapolicy.cluster import make_cluster
-    from metapolicy.evaluation import episode_stats, evaluation_seeds, reference
-    from metapolicy.sources import load_workload
+    from benchmarks.planner import KNOWABLE, plan_job
 
-    workload = load_workload(spec)
-    nodes = make_cluster(NODES)
-    seeds = evaluation_seeds(episodes)
-    start = time.perf_counter()
-    planner = Planner(nodes, workload, knows=KNOWABLE if true_future else ())
-    stats = episode_stats(planner, nodes, workload, seeds)
-    ref = reference(nodes, workload, seeds)
-    return {
-        "workload": name,
-        "true_future": true_future,
-        "episodes": episodes,
-        "score": ref.score(stats.returns),
-        "seconds": time.perf_counter() - start,
-        **stats.summary(),
-    }
+    knows = KNOWABLE if true_future else ()
+    return {"workload": name, **plan_job(spec, NODES, episodes, knows, options={})}
 
 
 # ----- tables -------------------------------------------------------------------------------------
