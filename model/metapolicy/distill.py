@@ -53,7 +53,7 @@ def collect_states(
 
 def _known_log_probs(policy: SlotPolicy, batch, known: torch.Tensor) -> torch.Tensor:
     """Log-probabilities over the teacher-known nodes, in a shared env-node order."""
-    logits, _ = policy(*batch)
+    logits = policy.action_logits(*batch)
     return torch.log_softmax(logits.masked_fill(~known, MASKED_LOGIT), -1)
 
 
@@ -77,7 +77,7 @@ def _kl(student, teacher, obs, env_names) -> torch.Tensor:
     known[:, torch.as_tensor(t_index[t_present], device=device)] = True
     known &= torch.from_numpy(obs.mask).to(device)
     t_logp = _scatter(_known_log_probs(teacher, t_batch, t_batch[2]), t_index, t_present, size)
-    s_logits, _ = student(*s_batch)
+    s_logits = student.action_logits(*s_batch)
     s_logits = _scatter(s_logits, s_index, None, size, fill=MASKED_LOGIT)
     s_logp = torch.log_softmax(s_logits.masked_fill(~known, MASKED_LOGIT), -1)
     p = t_logp.exp()
@@ -90,8 +90,8 @@ def _kl_subset(student, teacher, obs, env_names) -> torch.Tensor:
     t_inputs = [t.to(device) for t in teacher.inputs(obs, env_names)]
     known = t_inputs[2]  # the observation's mask and the teacher's slots
     with torch.no_grad():
-        t_logp = torch.log_softmax(teacher(*t_inputs)[0], -1)
-    s_logits, _ = student(*(t.to(device) for t in student.inputs(obs, env_names)))
+        t_logp = torch.log_softmax(teacher.action_logits(*t_inputs), -1)
+    s_logits = student.action_logits(*(t.to(device) for t in student.inputs(obs, env_names)))
     s_logp = torch.log_softmax(s_logits.masked_fill(~known, MASKED_LOGIT), -1)
     p = t_logp.exp()
     return (p * (t_logp - s_logp)).masked_fill(~known, 0).sum(-1).mean()

@@ -136,7 +136,7 @@ def imitate(
         total, batches = 0.0, 0
         for first in range(0, len(order), s.batch):
             pick = order[first : first + s.batch]
-            logits, _ = policy(*(x[pick] for x in inputs))
+            logits = policy.action_logits(*(x[pick] for x in inputs))
             # torch's label smoothing also aims at masked nodes (logit -1e9), a share that
             # cannot be reached and pulls every allowed logit down alike, so its value means
             # nothing once the filter masks a node; the loss reported is the plain

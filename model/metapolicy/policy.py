@@ -177,13 +177,27 @@ class SlotPolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (masked logits (B, slots), value (B,)); with `slots` (B, N), the slot of each
         of N env-ordered nodes (`inputs()` on a sub-cluster), logits are (B, N) in that order."""
+        return self._logits_and_value(nodes, task, mask, slots, with_value=True)
+
+    def action_logits(
+        self,
+        nodes: torch.Tensor,
+        task: torch.Tensor,
+        mask: torch.Tensor,
+        slots: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward`'s logits alone: a decision never needs the value head, which would add
+        about a tenth to the cost of one (`benchmarks.decision`)."""
+        return self._logits_and_value(nodes, task, mask, slots, with_value=False)[0]
+
+    def _logits_and_value(self, nodes, task, mask, slots, with_value: bool):
         if slots is None:
-            logits, value = self._forward(nodes, task, mask)
+            logits, value = self._forward(nodes, task, mask, with_value)
         else:
-            logits, value = self._forward_subset(nodes, task, mask, slots)
+            logits, value = self._forward_subset(nodes, task, mask, slots, with_value)
         return self._with_cost_prior(logits, nodes, mask), value
 
-    def _forward_subset(self, nodes, task, mask, slots):  # pragma: no cover - abstract
+    def _forward_subset(self, nodes, task, mask, slots, with_value):  # pragma: no cover
         raise ValueError(f"a {self.architecture} policy cannot score a subset of its slots")
 
     def _with_cost_prior(
@@ -198,7 +212,7 @@ class SlotPolicy(nn.Module):
         choices = torch.where(fits.any(-1, keepdim=True), fits, mask)
         return logits.masked_fill(~choices, MASKED_LOGIT)
 
-    def _forward(self, nodes, task, mask):  # pragma: no cover - abstract
+    def _forward(self, nodes, task, mask, with_value):  # pragma: no cover - abstract
         raise NotImplementedError
 
     # ----- serving: scoring the nodes a scheduler offers ----------------------------------------
@@ -217,7 +231,7 @@ class SlotPolicy(nn.Module):
         """
         slot_env = self._env_index_of_slots(env_names)
         present = slot_env >= 0
-        logits, _ = self(*self._in_slot_order(obs, np.maximum(slot_env, 0), present))
+        logits = self.action_logits(*self._in_slot_order(obs, np.maximum(slot_env, 0), present))
         out = np.full(obs.mask.shape, MASKED_LOGIT, np.float32)
         out[:, slot_env[present]] = logits.numpy()[:, present]
         return np.where(obs.mask, out, MASKED_LOGIT).astype(np.float32)
@@ -241,7 +255,7 @@ class SlotPolicy(nn.Module):
         policies with the same distribution over nodes make the same choice whatever their slot
         order (common random numbers for the policy's own randomness too).
         """
-        logits, _ = self(*(t.to(self.device) for t in self.inputs(obs, env_names)))
+        logits = self.action_logits(*(t.to(self.device) for t in self.inputs(obs, env_names)))
         logits = logits.cpu()
         if deterministic:
             return self.env_actions(logits.argmax(-1).numpy(), obs, env_names)
@@ -302,15 +316,15 @@ class NodeSetPolicy(SlotPolicy):
     def slot_tensors(self) -> list[SlotTensor]:
         return [SlotTensor("slot_table", axis=0)]
 
-    def _forward(self, nodes, task, mask):
-        return self._forward_with(nodes, task, mask, self.slot_table)
+    def _forward(self, nodes, task, mask, with_value):
+        return self._forward_with(nodes, task, mask, self.slot_table, with_value)
 
-    def _forward_subset(self, nodes, task, mask, slots):
+    def _forward_subset(self, nodes, task, mask, slots, with_value):
         """Env-ordered nodes with their slot ids: only the rows in use are gathered (and get
         gradient), a node without a slot (-1) gets the zero embedding, as in `preferences`."""
         rows = self.slot_table[slots.clamp(min=0)]
         table = torch.where((slots >= 0)[..., None], rows, torch.zeros((), device=rows.device))
-        return self._forward_with(nodes, task, mask, table)
+        return self._forward_with(nodes, task, mask, table, with_value)
 
     def scorable(self, env_names: Sequence[str]) -> np.ndarray:
         return np.ones(len(env_names), bool)
@@ -325,11 +339,12 @@ class NodeSetPolicy(SlotPolicy):
         table = torch.where(known, self.slot_table[torch.from_numpy(np.maximum(rows, 0))], 0.0)
         mask = torch.from_numpy(obs.mask)
         nodes = torch.from_numpy(np.where(obs.mask[..., None], obs.nodes, 0.0))
-        logits, _ = self._forward_with(nodes, torch.from_numpy(obs.task), mask, table)
+        logits, _ = self._forward_with(nodes, torch.from_numpy(obs.task), mask, table, False)
         return self._with_cost_prior(logits, nodes, mask).numpy()
 
-    def _forward_with(self, nodes, task, mask, slot_table: torch.Tensor):
-        """The forward pass with the given per-node embedding rows, (N, hidden)."""
+    def _forward_with(self, nodes, task, mask, slot_table: torch.Tensor, with_value: bool):
+        """The forward pass with the given per-node embedding rows, (N, hidden); the value
+        (None unless `with_value`) from the pooled context and the task."""
         h = torch.tanh(_concat_linear(self.encode_in, nodes, task) + slot_table)
         h = torch.tanh(self.encode_out(h))
         weight = mask[..., None].float()
@@ -337,8 +352,9 @@ class NodeSetPolicy(SlotPolicy):
         peak = h.masked_fill(~mask[..., None], -2.0).max(1).values  # tanh > -1: -2 never wins
         context = torch.cat([mean, peak], -1)
         logits = self.decide[1:](_concat_linear(self.decide[0], h, context))
-        value = self.value_head(torch.cat([context, task], -1))
-        return logits[..., 0], value[..., 0]
+        if not with_value:
+            return logits[..., 0], None
+        return logits[..., 0], self.value_head(torch.cat([context, task], -1))[..., 0]
 
 
 class SlotMLPPolicy(SlotPolicy):
@@ -365,10 +381,10 @@ class SlotMLPPolicy(SlotPolicy):
             SlotTensor("logits.bias", axis=0, role="output"),
         ]
 
-    def _forward(self, nodes, task, mask):
+    def _forward(self, nodes, task, mask, with_value):
         x = torch.cat([nodes.flatten(1), task], -1)
         h = torch.tanh(self.middle(torch.tanh(self.first(x))))
-        return self.logits(h), self.value(h)[..., 0]
+        return self.logits(h), self.value(h)[..., 0] if with_value else None
 
 
 ARCHITECTURES: dict[str, type[SlotPolicy]] = {

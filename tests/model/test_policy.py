@@ -29,6 +29,20 @@ def test_view_follows_slot_order_not_env_order(policy, workload):
     torch.testing.assert_close(logits_a, logits_b)
 
 
+def test_action_logits_are_the_forward_logits_without_the_value(policy, workload):
+    """Acting skips the value head; the logits must be exactly what training optimises."""
+    sim = PlacementSim(policy.nodes, workload, batch=4)
+    batch = policy.view(sim.reset(3), sim.names)
+    logits, value = policy(*batch)
+    assert value.shape == (4,)
+    torch.testing.assert_close(policy.action_logits(*batch), logits, rtol=0, atol=0)
+    if policy.scores_subsets:  # env-ordered nodes with their slot ids, one without a slot
+        slots = torch.tensor([[2, 0, -1, 1]] * 4)
+        nodes, task, mask = batch[0][:, :4], batch[1], batch[2][:, :4] & (slots >= 0)
+        expected, _ = policy(nodes, task, mask, slots)
+        torch.testing.assert_close(policy.action_logits(nodes, task, mask, slots), expected)
+
+
 def test_checkpoint_round_trip_keeps_outputs_and_slot_names(policy, workload):
     restored = policy_from_checkpoint(policy_to_checkpoint(policy, strategy="initial"))
     assert restored.slot_names == policy.slot_names
