@@ -39,18 +39,25 @@ def timed(fn, repeats: int) -> np.ndarray:
 
 
 def variants(policy, batch):
-    """Forward functions on fixed tensors: eager, TorchScript (traced), int8 dynamic."""
+    """A decision's logits (`action_logits`: no value head, which only training reads) on
+    fixed tensors: eager, TorchScript (traced), int8 dynamic."""
     quantised = torch.ao.quantization.quantize_dynamic(policy, {torch.nn.Linear}, dtype=torch.qint8)
     with torch.no_grad():
-        traced = torch.jit.trace(policy, batch, check_trace=False)
-    return {"eager": policy, "torchscript": traced, "int8": quantised}
+        traced = torch.jit.trace_module(policy, {"action_logits": batch}, check_trace=False)
+    return {
+        "eager": policy.action_logits,
+        "torchscript": traced.action_logits,
+        "int8": quantised.action_logits,
+    }
 
 
 def compiled(policy, batch, mode: str):
     """-> (compiled forward, seconds the first call took). The first call is where inductor
     compiles, so it is timed apart from the steady state."""
     torch._dynamo.reset()
-    fn = torch.compile(policy, mode=None if mode == "default" else mode, dynamic=False)
+    fn = torch.compile(
+        policy.action_logits, mode=None if mode == "default" else mode, dynamic=False
+    )
     start = time.perf_counter()
     with torch.inference_mode():
         fn(*batch)
@@ -96,11 +103,11 @@ def measure(arch: str, n: int, hidden: int, repeats: int, compile_mode: str) -> 
 
 
 def forward_row(name: str, fn, batch, count: int, row) -> dict:
-    """Forward + argmax timed; a variant that cannot run (int8 when the forward reads a layer's
+    """Logits + argmax timed; a variant that cannot run (int8 when the forward reads a layer's
     weight directly, compile without a C++ compiler) becomes a row saying why, not a crash."""
     try:
         with torch.inference_mode():
-            seconds = timed(lambda: fn(*batch)[0].argmax(-1), count)
+            seconds = timed(lambda: fn(*batch).argmax(-1), count)
     except Exception as e:
         return failed_row(name, batch, row, why(e))
     return row(len(batch[0]), name, seconds)
