@@ -1,6 +1,10 @@
 """Heuristic placement baselines. A learned policy is only worth serving if it beats all of them,
 kube-scheduler's own default scoring (`kube_default`) first: that is what a cluster does
-without us."""
+without us.
+
+The heuristics read the simulator, never the observation (`PlacementSim.choices` is the
+filter), so evaluating against them builds observations only for the agents that read them
+(`evaluation.episode_stats_together`)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ Agent = Callable[[PlacementSim, Observation], np.ndarray]
 
 
 def _lowest(score: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """The allowed node with the lowest score, per row. Heuristics allow `obs.choices`, the
+    """The allowed node with the lowest score, per row. Heuristics allow `sim.choices()`, the
     nodes the pod fits (kube-scheduler's filter), or every available node when it fits none."""
     return np.argmin(np.where(allowed, score, np.inf), axis=-1)
 
@@ -37,14 +41,14 @@ def make_random(seed: int = 0) -> Agent:
 
 def greedy(sim: PlacementSim, obs: Observation) -> np.ndarray:
     """The closest node that still has room."""
-    latency = np.broadcast_to(sim.latency, obs.mask.shape)
-    return _lowest(latency, obs.choices)
+    choices = sim.choices()
+    return _lowest(np.broadcast_to(sim.latency, choices.shape), choices)
 
 
 def least_loaded(sim: PlacementSim, obs: Observation) -> np.ndarray:
     """The node with the lowest CPU utilisation after placement, among those with room."""
     _, _, cpu_after = sim.placement()
-    return _lowest(cpu_after, obs.choices)
+    return _lowest(cpu_after, sim.choices())
 
 
 def myopic(sim: PlacementSim, obs: Observation) -> np.ndarray:
@@ -52,7 +56,7 @@ def myopic(sim: PlacementSim, obs: Observation) -> np.ndarray:
     only heuristic without the filter: a rejection is a cost like any other to it, so a tiny
     pod may be dropped rather than queued on a nearly full node."""
     cost, _, _ = sim.placement()
-    return _lowest(cost, obs.mask)
+    return _lowest(cost, np.broadcast_to(sim.available, cost.shape))
 
 
 # ----- kube-scheduler's own scoring ------------------------------------------------------------
@@ -126,13 +130,13 @@ def _after(sim: PlacementSim) -> tuple[tuple[np.ndarray, np.ndarray], tuple]:
 def kube_default(sim: PlacementSim, obs: Observation) -> np.ndarray:
     """kube-scheduler's default scoring among the nodes the pod fits (NodeResourcesFit's filter)."""
     score = kube_default_scores(*_after(sim)) + _tie_noise(sim)
-    return _lowest(-score, obs.choices)
+    return _lowest(-score, sim.choices())
 
 
 def most_allocated(sim: PlacementSim, obs: Observation) -> np.ndarray:
     """Bin packing: NodeResourcesFit with the MostAllocated strategy, among nodes that fit."""
     score = most_allocated_scores(*_after(sim)) + _tie_noise(sim)
-    return _lowest(-score, obs.choices)
+    return _lowest(-score, sim.choices())
 
 
 def best_fit(sim: PlacementSim, obs: Observation) -> np.ndarray:
@@ -144,7 +148,7 @@ def best_fit(sim: PlacementSim, obs: Observation) -> np.ndarray:
     (requested_cpu, requested_memory), (cpu, memory) = _after(sim)
     room = (cpu - requested_cpu) / np.max(cpu, axis=-1, keepdims=True)
     room = room + (memory - requested_memory) / np.max(memory, axis=-1, keepdims=True)
-    return _lowest(room + 1e-6 * _tie_noise(sim), obs.choices)
+    return _lowest(room + 1e-6 * _tie_noise(sim), sim.choices())
 
 
 HEURISTICS: dict[str, Agent] = {

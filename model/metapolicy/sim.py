@@ -40,6 +40,10 @@ class PlacementSim:
     Given `SubClusters` instead of a node list, every episode plays on its own sub-cluster
     (`members`: which nodes, drawn by the episode seed unless `reset` is handed them), and the
     node arrays (`cpu`, `available`, ...) are (batch, size) instead of (N,).
+
+    `observation_rows`: the observations `reset` and `step` return cover only the first that
+    many episodes; the others are played by agents that read the simulator (the heuristics),
+    and building their observations would be most of the cost of evaluating against them.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class PlacementSim:
         batch: int = 1,
         available: Sequence[bool] | None = None,
         slots_per_node: int = 96,
+        observation_rows: int | None = None,
     ) -> None:
         self.subclusters = nodes if isinstance(nodes, SubClusters) else None
         self.nodes = check_unique(nodes)
@@ -68,6 +73,10 @@ class PlacementSim:
         self.members: np.ndarray | None = None  # (batch, size) node indices on sub-clusters
         self._whole = (self.cpu, self.memory, self.latency, self.available)
         self.slots = slots_per_node
+        if observation_rows is not None and not 0 < observation_rows <= batch:
+            raise ValueError(f"observation_rows must be in 1..{batch}, got {observation_rows}")
+        self.observation_rows = observation_rows
+        self._slot_cells: dict[int, np.ndarray] = {}
         self._placement: features.Placement | None = None
 
     @property
@@ -139,30 +148,45 @@ class PlacementSim:
         i = self.step_index
         return self.tasks.cpu[:, i], self.tasks.memory[:, i], self.tasks.duration[:, i]
 
-    def scheduler_view(self) -> tuple[features.ClusterState, features.PendingPods]:
-        """The state as a scheduler sees it: requests, ages and attributes, no end times."""
-        i = self.step_index
+    def scheduler_view(
+        self, rows: int | None = None
+    ) -> tuple[features.ClusterState, features.PendingPods]:
+        """The state as a scheduler sees it: requests, ages and attributes, no end times; of
+        the first `rows` episodes only, if given."""
+        i, b = self.step_index, slice(rows)
+
+        def per_node(values: np.ndarray) -> np.ndarray:  # (N,), or (batch, N) on sub-clusters
+            return values if values.ndim == 1 else values[b]
+
         state = features.ClusterState(
-            cpu=self.cpu,
-            memory=self.memory,
-            latency=self.latency,
-            available=self.available,
-            requested_cpu=self.used_cpu,
-            requested_memory=self.used_memory,
-            has_room=self._has_room(),
-            pod_node=self._cells(),
-            pod_cpu=self.held_cpu.reshape(-1),
-            pod_start=self.start.reshape(-1),
-            pod_qos=self.held_qos.reshape(-1),
+            cpu=per_node(self.cpu),
+            memory=per_node(self.memory),
+            latency=per_node(self.latency),
+            available=per_node(self.available),
+            requested_cpu=self.used_cpu[b],
+            requested_memory=self.used_memory[b],
+            has_room=self._has_room()[b],
+            pod_node=self._cells(rows or self.batch),
+            pod_cpu=self.held_cpu[b].reshape(-1),
+            pod_start=self.start[b].reshape(-1),
+            pod_qos=self.held_qos[b].reshape(-1),
         )
         pods = features.PendingPods(
-            cpu=self.tasks.cpu[:, i],
-            memory=self.tasks.memory[:, i],
-            attributes=self.tasks.attributes[:, i],
-            now=self.tasks.arrival[:, i],
-            recent_arrivals=self._arrivals[:, i : i + PRESSURE_WINDOW],
+            cpu=self.tasks.cpu[b, i],
+            memory=self.tasks.memory[b, i],
+            attributes=self.tasks.attributes[b, i],
+            now=self.tasks.arrival[b, i],
+            recent_arrivals=self._arrivals[b, i : i + PRESSURE_WINDOW],
         )
         return state, pods
+
+    def choices(self) -> np.ndarray:
+        """(batch, N) `Observation.choices` from the simulator: the available nodes the
+        current task fits, or every available node when it fits none."""
+        _, fits, _ = self.placement()
+        available = np.broadcast_to(self.available, fits.shape)
+        fits = fits & available
+        return np.where(fits.any(-1, keepdims=True), fits, available)
 
     def placement(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(cost_ms, fits, cpu utilisation after) of placing the current task on each node.
@@ -213,12 +237,15 @@ class PlacementSim:
         return self._observe(), -cost / REWARD_SCALE, done, cost
 
     # ----- pod slots ----------------------------------------------------------------------------
-    def _cells(self) -> np.ndarray:
-        """Pod b*N*S + n*S + s of the flattened slot arrays sits on cell b*N + n (kept until
-        the slot arrays change shape, whoever changed them)."""
-        if getattr(self, "_slot_cell", np.zeros(0)).size != self.held_cpu.size:
-            self._slot_cell = np.repeat(np.arange(self.batch * self.size), self.held_cpu.shape[-1])
-        return self._slot_cell
+    def _cells(self, rows: int) -> np.ndarray:
+        """Pod b*N*S + n*S + s of the flattened slot arrays of the first `rows` episodes sits
+        on cell b*N + n (kept until the slot arrays change shape, whoever changed them)."""
+        size = rows * self.size * self.held_cpu.shape[-1]
+        cells = self._slot_cells.get(rows)
+        if cells is None or cells.size != size:
+            cells = np.repeat(np.arange(rows * self.size), self.held_cpu.shape[-1])
+            self._slot_cells[rows] = cells
+        return cells
 
     def _has_room(self) -> np.ndarray:
         """(batch, size): room for one more pod, as if every node had all `slots` slots."""
@@ -255,9 +282,16 @@ class PlacementSim:
             np.maximum(self.used_memory, 0, out=self.used_memory)
 
     def _observe(self) -> Observation:
-        state, pods = self.scheduler_view()
-        if self._placement is None:  # one scheduler view per decision, not two
-            self._placement = features.placement(state, pods)
-        obs = features.observe(state, pods, self._placement)
-        obs.members = self.members
+        rows = self.observation_rows
+        if rows is None:
+            state, pods = self.scheduler_view()
+            if self._placement is None:  # one scheduler view per decision, not two
+                self._placement = features.placement(state, pods)
+            where = self._placement
+        else:  # the placement of every episode (the step's cost), the features of a few
+            whole = self._where()
+            state, pods = self.scheduler_view(rows)
+            where = features.Placement(whole.cost[:rows], whole.fits[:rows], whole.cpu_after[:rows])
+        obs = features.observe(state, pods, where)
+        obs.members = None if self.members is None else self.members[:rows]
         return obs

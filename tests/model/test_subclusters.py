@@ -201,14 +201,39 @@ def test_validation_pairs_candidate_and_masked_backup_on_the_same_sub_clusters(b
 
 
 @pytest.mark.parametrize("size", [None, 16])
-def test_heuristics_played_together_play_exactly_as_alone(big, workload, size):
+def test_agents_played_together_play_exactly_as_alone(big, workload, size):
+    """The heuristics' rows get no observation; the policy and random, played after them in
+    the dict, get theirs."""
     view = sampled(big, size)
     seeds = evaluation_seeds(3)
-    together = episode_stats_together(HEURISTICS, view, workload, seeds, whole=HEURISTICS)
-    for name, agent in HEURISTICS.items():
+    policy = make_policy("node-set", big, 16, seed=2)
+    agents = {**HEURISTICS, "policy": policy.agent(), "random": make_random(seeds[0])}
+    together = episode_stats_together(agents, view, workload, seeds, whole=HEURISTICS)
+    assert list(together) == list(agents)
+    agents["random"] = make_random(seeds[0])  # it draws as it plays: a fresh one plays alone
+    for name, agent in agents.items():
         alone = episode_stats(agent, view, workload, seeds)
         np.testing.assert_array_equal(together[name].returns, alone.returns)
         np.testing.assert_array_equal(together[name].reject_rate, alone.reject_rate)
+
+
+@pytest.mark.parametrize("size", [None, 16])
+def test_an_observation_of_the_first_rows_is_those_rows_of_the_whole_one(big, workload, size):
+    view = sampled(big, size)
+    whole = PlacementSim(view, workload, batch=6)
+    first = PlacementSim(view, workload, batch=6, observation_rows=2)
+    obs_whole, obs_first = whole.reset(4), first.reset(4)
+    for _ in range(40):  # long enough for pods to hold cpu, end, and slots to grow
+        assert obs_first.nodes.shape[0] == 2
+        np.testing.assert_array_equal(obs_first.nodes, obs_whole.nodes[:2])
+        np.testing.assert_array_equal(obs_first.task, obs_whole.task[:2])
+        np.testing.assert_array_equal(obs_first.mask, obs_whole.mask[:2])
+        if size is not None:
+            np.testing.assert_array_equal(obs_first.members, obs_whole.members[:2])
+        np.testing.assert_array_equal(whole.choices(), obs_whole.choices)
+        actions = HEURISTICS["best_fit"](whole, obs_whole)
+        obs_whole = whole.step(actions)[0]
+        obs_first = first.step(actions)[0]
 
 
 def test_imitation_learns_the_teacher_on_sub_clusters(big, workload):
