@@ -339,7 +339,8 @@ class NodeSetPolicy(SlotPolicy):
         table = torch.where(known, self.slot_table[torch.from_numpy(np.maximum(rows, 0))], 0.0)
         mask = torch.from_numpy(obs.mask)
         nodes = torch.from_numpy(np.where(obs.mask[..., None], obs.nodes, 0.0))
-        logits, _ = self._forward_with(nodes, torch.from_numpy(obs.task), mask, table, False)
+        task = torch.from_numpy(obs.task)
+        logits, _ = self._forward_with(nodes, task, mask, table, with_value=False)
         return self._with_cost_prior(logits, nodes, mask).numpy()
 
     def _forward_with(self, nodes, task, mask, slot_table: torch.Tensor, with_value: bool):
@@ -384,7 +385,7 @@ class SlotMLPPolicy(SlotPolicy):
     def _forward(self, nodes, task, mask, with_value):
         x = torch.cat([nodes.flatten(1), task], -1)
         h = torch.tanh(self.middle(torch.tanh(self.first(x))))
-        return self.logits(h), self.value(h)[..., 0] if with_value else None
+        return self.logits(h), (self.value(h)[..., 0] if with_value else None)
 
 
 ARCHITECTURES: dict[str, type[SlotPolicy]] = {
