@@ -179,8 +179,9 @@ class Planner:
         pick = (np.arange(b)[:, None, None] * k + np.arange(k)[None, None, :]).repeat(size, 1)
         pick = pick.reshape(-1)
         batch = TaskBatch(**{f: getattr(futures, f)[pick] for f in TASK_FIELDS})
+        # The rollout rule is a heuristic, which reads the simulator: no observations to build.
         look = PlacementSim(
-            self.nodes, FixedTasks(batch), batch=len(pick), slots_per_node=sim.slots
+            self.nodes, FixedTasks(batch), len(pick), slots_per_node=sim.slots, observation_rows=1
         )
         look.available = sim.available
         look.reset(list(range(len(pick))))
@@ -296,8 +297,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", help="write <out>.json and <out>.md")
     args = parser.parse_args(argv)
-    options = dict(horizon=args.horizon, samples=args.samples, rollout=args.rollout)
-    options["margin"] = args.margin
+    options = dict(
+        horizon=args.horizon, samples=args.samples, rollout=args.rollout, margin=args.margin
+    )
     sets = knowledge_sets(args.decompose)
     with ProcessPoolExecutor(args.workers) as pool:
         jobs = [
@@ -305,14 +307,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             for knows in sets
         ]
         results = [job.result() for job in jobs]
-    print(table(results, args))
+    text = table(results, args)
+    print(text)
     if args.out:
         write_json(
             f"{args.out}.json",
             {"args": vars(args), "machine": machine_info(), "results": results},
         )
         with open(f"{args.out}.md", "w") as f:
-            f.write(table(results, args))
+            f.write(text)
 
 
 if __name__ == "__main__":
